@@ -1,0 +1,460 @@
+"""Robot Framework keyword library: fleets of virtual IoT devices."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.api.types import Secret
+
+from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
+from iotix._robot.convert import neutralise_cell, seconds
+from iotix.errors import ConfigurationError
+from iotix.fleet.device import DeviceState
+from iotix.fleet.fleet import Credentials, Fleet, FleetOptions, format_device_id
+from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
+from iotix.model.types import DeviceModel
+
+__version__ = "0.1.0"
+
+EXPORT_COLUMNS = [
+    "deviceId",
+    "fleet",
+    "model",
+    "index",
+    "state",
+    "messagesSent",
+    "messagesFailed",
+    "messagesDropped",
+    "bytesSent",
+    "connects",
+    "disconnects",
+    "reconnects",
+    "lastError",
+]
+
+
+@library(scope="GLOBAL", version=__version__, auto_keywords=False, listener=SuiteCleanupListener(), doc_format="ROBOT")
+class DeviceFleet:
+    """Creates fleets of virtual IoT devices from device models and runs them against a real system.
+
+    = Fleets and devices =
+
+    A *model* (a JSON or YAML file, see the project's ``docs/model-format.md``) says what a device is
+    and what it sends. `Create Fleet` makes ``count`` devices of one model; each device gets an id from
+    ``id_pattern`` (``{index}`` is its 0-based position: ``env-{index:05d}`` gives ``env-00000``, ...).
+    `Start Fleet` connects the devices following a launch strategy; from then on every device sends its
+    telemetry at the model's intervals, in the background, while the test goes on (also during
+    ``Sleep``) until `Stop Fleet` or the end of the suite that created the fleet.
+
+    = Counters =
+
+    `Get Fleet Stats` and `Get Device Status` count what the devices did: ``messagesSent`` is what was
+    handed to the transport (each telemetry envelope carries ``seq``, counting from 0 per device, so a
+    gap at a receiver means a message was lost on the way), ``messagesFailed`` what could not be handed
+    over, ``messagesDropped`` what a device produced while it was offline and could not keep.
+
+    = Timeouts and time =
+
+    Durations accept Robot's time format: ``500ms``, ``2s``, ``1 minute``, or plain seconds.
+    Keywords that wait have a ``timeout`` and fail with a message that says what did not happen.
+    Runs are deterministic by default: the same model, device id and ``seed`` give the same values.
+
+    = Parallel runs =
+
+    Each process (each pabot worker) has its own simulator. Fleets, device ids and client ids are local
+    to the process; make ids unique across workers when they share a broker, e.g.
+    ``id_pattern=env-${PABOTQUEUEINDEX}-{index}``.
+
+    = Secrets =
+
+    Passwords are accepted only as Robot ``Secret`` values and are never logged.
+    """
+
+    def __init__(self) -> None:
+        self._ctx = get_context()
+
+    # -- models ---------------------------------------------------------------------------------------
+
+    @keyword
+    def load_device_models(self, path: Path) -> list[str]:
+        """Loads device models from a JSON/YAML file or a folder of them; returns their ids.
+
+        Every file is validated; a broken file fails the keyword with every problem listed (file,
+        field path, what was expected). Models already loaded stay loaded.
+
+        | ${ids} =    Load Device Models    ${CURDIR}/../models
+        | Should Contain    ${ids}    environmental-sensor-v1
+        """
+        ids = self._ctx.models.load(path)
+        logger.info(f"Loaded {len(ids)} model(s) from {path}: {', '.join(ids)}")
+        return ids
+
+    def _model(self, model: str) -> DeviceModel:
+        if model.endswith((".json", ".yaml", ".yml")) and Path(model).is_file():
+            ids = self._ctx.models.load(Path(model))
+            return self._ctx.models.get(ids[0])
+        return self._ctx.models.get(model)
+
+    # -- fleets ---------------------------------------------------------------------------------------
+
+    @keyword
+    def create_fleet(
+        self,
+        model: str,
+        count: int = 1,
+        name: str = "",
+        id_pattern: str = "",
+        seed: int | None = None,
+        host: str = "",
+        port: int | None = None,
+        username: str = "",
+        password: Secret | None = None,
+        qos: int | None = None,
+        offline_queue_size: int = 1000,
+        reconnect_base: timedelta = timedelta(seconds=0.5),
+        reconnect_cap: timedelta = timedelta(seconds=30),
+    ) -> str:
+        """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
+
+        - ``model``: a loaded model id (see `Load Device Models`) or a path to a model file.
+        - ``name``: defaults to the model id (``-2``, ``-3``, ... appended when taken).
+        - ``id_pattern``: device ids, ``{index}`` 0-based, ``{n}`` 1-based, ``{fleet}``, ``{model}``;
+          format specs work (``env-{index:05d}``). Default ``<name>-{index}``.
+        - ``seed``: makes every generated value reproducible (default 0).
+        - ``host``, ``port``, ``username``, ``password`` (a ``Secret``), ``qos``: override the model's
+          ``connection``.
+        - ``offline_queue_size``: QoS 1/2 readings kept per device while it reconnects; beyond that they
+          are dropped and counted in ``messagesDropped``.
+        - ``reconnect_base``, ``reconnect_cap``: exponential backoff with full jitter after a lost connection.
+
+        | ${fleet} =    Create Fleet    environmental-sensor-v1    count=100    id_pattern=env-{index:03d}
+        | ...    host=${BROKER}[host]    port=${BROKER}[port]
+        """
+        m = self._model(model)
+        if count < 0:
+            raise KeywordError(f"count must be >= 0, got {count}.")
+        sim = self._ctx.simulator
+        fleet_name = name or self._free_name(m.id)
+        pattern = id_pattern or f"{fleet_name}-{{index}}"
+        ids = [format_device_id(pattern, i, fleet_name, m.id) for i in range(count)]
+        connection = dict(m.connection)
+        if host:
+            connection["host"] = host
+            connection.pop("broker", None)
+        if port is not None:
+            connection["port"] = port
+        if qos is not None:
+            if qos not in (0, 1, 2):
+                raise KeywordError(f"qos must be 0, 1 or 2, got {qos}.")
+            connection["qos"] = qos
+        creds = Credentials(
+            username or connection.get("username"),
+            password.value if password is not None else connection.get("password"),
+        )
+        options = FleetOptions(
+            offline_queue_size=offline_queue_size,
+            reconnect_base_s=seconds(reconnect_base),
+            reconnect_cap_s=seconds(reconnect_cap),
+        )
+
+        def create() -> Fleet:
+            return sim.create_fleet(
+                fleet_name, m, ids, seed=seed, connection=connection, credentials=creds, options=options
+            )
+
+        fleet = self._ctx.call(create)
+        self._ctx.own(f"fleet '{fleet_name}'", lambda: self._ctx.call(sim.delete_fleet, fleet_name))
+        logger.info(
+            f"Created fleet '{fleet_name}': {count} x {m.id} ({m.protocol}) -> {fleet.transport.target}; "
+            f"ids {ids[0] if ids else '-'} .. {ids[-1] if ids else '-'}"
+        )
+        return fleet_name
+
+    def _free_name(self, base: str) -> str:
+        taken = self._ctx.simulator.fleets
+        if base not in taken:
+            return base
+        i = 2
+        while f"{base}-{i}" in taken:
+            i += 1
+        return f"{base}-{i}"
+
+    def _fleet(self, name: str) -> Fleet:
+        fleet = self._ctx.simulator.fleet(name)
+        errors = fleet.take_errors()
+        if errors:
+            raise KeywordError(f"Fleet '{name}' reported errors in the background: " + "; ".join(errors))
+        return fleet
+
+    @keyword
+    def start_fleet(
+        self,
+        name: str,
+        strategy: LaunchStrategy = LaunchStrategy.IMMEDIATE,
+        delay: timedelta = timedelta(0),
+        batch_size: int = 100,
+        max_delay: timedelta = timedelta(seconds=60),
+        exponent_base: float = 1.5,
+    ) -> None:
+        """Starts connecting the fleet's devices following a launch strategy; returns at once.
+
+        - ``immediate``: all at once (connection attempts are still bounded per fleet).
+        - ``linear``: one device every ``delay``.
+        - ``batch``: ``batch_size`` devices, then ``delay``, then the next batch.
+        - ``exponential``: the gap before device i is ``delay * exponent_base^(i-1)``, at most ``max_delay``.
+
+        Use `Wait Until Fleet Is Running` to wait for the devices to connect.
+
+        | Start Fleet    env    strategy=batch    batch_size=100    delay=1s
+        """
+        fleet = self._fleet(name)
+        settings = LaunchSettings(
+            strategy=strategy,
+            delay_ms=seconds(delay) * 1000,
+            batch_size=batch_size,
+            max_delay_ms=seconds(max_delay) * 1000,
+            exponent_base=exponent_base,
+        )
+        self._ctx.call(fleet.start, settings)
+        logger.info(f"Fleet '{name}': launch of {len(fleet.devices)} devices scheduled ({strategy.value}).")
+
+    @keyword
+    def wait_until_fleet_is_running(self, name: str, timeout: timedelta = timedelta(seconds=30)) -> None:
+        """Waits until every device of the fleet is connected and sending.
+
+        Fails after ``timeout`` with how many devices are not running and why (their last errors).
+
+        | Wait Until Fleet Is Running    env    timeout=1 minute
+        """
+        fleet = self._fleet(name)
+        limit = seconds(timeout)
+
+        async def wait() -> bool:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + limit
+            while True:
+                if fleet.devices and all(d.state is DeviceState.RUNNING for d in fleet.devices):
+                    return True
+                if not fleet.devices and fleet.state == "running":
+                    return True
+                if loop.time() >= end:
+                    return False
+                await asyncio.sleep(0.05)
+
+        if self._ctx.call(wait, timeout=limit + 10):
+            logger.info(f"Fleet '{name}': all {len(fleet.devices)} devices running.")
+            return
+        raise AssertionError(self._not_running_message(fleet, limit))
+
+    def _not_running_message(self, fleet: Fleet, limit: float) -> str:
+        def collect() -> tuple[dict[str, int], dict[str, list[str]]]:
+            reasons: dict[str, list[str]] = {}
+            for d in fleet.devices:
+                if d.state is not DeviceState.RUNNING:
+                    reasons.setdefault(d.last_error or f"still {d.state.value}", []).append(d.id)
+            return fleet.count_states(), reasons
+
+        states, reasons = self._ctx.call(collect)
+        running = states["running"]
+        total = len(fleet.devices)
+        if fleet.state == "created":
+            return f"Fleet '{fleet.name}' was never started: use Start Fleet first."
+        parts = [f"Fleet '{fleet.name}': {total - running} of {total} devices not running after {limit:g} s"]
+        parts.append(
+            f"(launched {fleet.launched} of {total}; states: "
+            + ", ".join(f"{k} {v}" for k, v in states.items() if v)
+            + ")."
+        )
+        for reason, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1]))[:3]:
+            sample = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            parts.append(f"{reason}: {sample}.")
+        return " ".join(parts)
+
+    @keyword
+    def stop_fleet(self, name: str) -> None:
+        """Stops every device of the fleet (graceful MQTT DISCONNECT). Counters stay readable.
+
+        The fleet can be started again with `Start Fleet`.
+        """
+        fleet = self._ctx.simulator.fleet(name)
+        self._ctx.call(fleet.stop)
+        stats = fleet.stats()
+        logger.info(
+            f"Fleet '{name}' stopped: {stats['messagesSent']} messages sent, "
+            f"{stats['messagesFailed']} failed, {stats['messagesDropped']} dropped."
+        )
+
+    @keyword
+    def delete_fleet(self, name: str) -> None:
+        """Stops the fleet and forgets it; its name and device ids become free again."""
+        self._ctx.call(self._ctx.simulator.delete_fleet, name)
+        self._ctx.disown(f"fleet '{name}'")
+
+    @keyword
+    def get_fleets(self) -> list[str]:
+        """Returns the names of the fleets of this process."""
+        return list(self._ctx.simulator.fleets)
+
+    @keyword
+    def get_fleet_stats(self, name: str) -> dict[str, Any]:
+        """Returns the fleet's counters as a dictionary.
+
+        Keys include ``deviceCount``, ``runningDeviceCount``, ``messagesSent``, ``messagesAcked``
+        (QoS 1/2 acknowledged), ``messagesFailed``, ``messagesDropped``, ``messagesQueued``, ``bytesSent``,
+        ``connects``, ``disconnects``, ``reconnects``, ``connectFailures``, ``commandsReceived``,
+        ``behaviorsFired``, ``states`` (devices per state) and ``sendLatenessMs`` (how late sends ran
+        against their schedule: p50, p99, max).
+
+        | ${stats} =    Get Fleet Stats    env
+        | Should Be True    ${stats}[messagesSent] > 0
+        """
+        fleet = self._fleet(name)
+        return self._ctx.call(fleet.stats)
+
+    @keyword
+    def get_devices(self, name: str, state: DeviceState | None = None) -> list[str]:
+        """Returns the ids of the fleet's devices, optionally only those in ``state``.
+
+        States: ``created``, ``connecting``, ``running``, ``reconnecting``, ``dropped``, ``stopped``, ``error``.
+        """
+        fleet = self._fleet(name)
+        return [d.id for d in fleet.devices if state is None or d.state is state]
+
+    @keyword
+    def get_device_status(self, device_id: str) -> dict[str, Any]:
+        """Returns one device's state, counters and last error."""
+        device = self._ctx.simulator.find_device(device_id)
+        return self._ctx.call(device.status)
+
+    @keyword
+    def set_telemetry_override(self, device_id: str, field: str, value: Any) -> None:
+        """Forces ``field`` of a device to ``value`` until `Clear Telemetry Override`.
+
+        Use it to make a behavior fire (heart rate 130 triggers the ECG arrhythmia alert). The value is
+        converted to the field's type; the generator keeps running underneath.
+
+        | Set Telemetry Override    ecg-0    heartRate    130
+        """
+        device = self._ctx.simulator.find_device(device_id)
+        if field not in device.fleet.model.field_names:
+            raise KeywordError(
+                f"Device '{device_id}' (model '{device.fleet.model.id}') has no telemetry field "
+                f"'{field}'; fields: {', '.join(device.fleet.model.field_names)}."
+            )
+        self._ctx.call(device.values.set_override, field, value)
+
+    @keyword
+    def clear_telemetry_override(self, device_id: str, field: str) -> None:
+        """Lets ``field`` of a device follow its generator again."""
+        device = self._ctx.simulator.find_device(device_id)
+        self._ctx.call(device.values.clear_override, field)
+
+    @keyword
+    def get_received_commands(self, device_id: str) -> list[dict[str, Any]]:
+        """Returns the commands the device received, oldest first.
+
+        Each item has ``command``, ``parameters``, ``topic``, ``receivedAt`` and ``status``.
+        """
+        device = self._ctx.simulator.find_device(device_id)
+        return self._ctx.call(lambda: [dict(c) for c in device.commands or []])
+
+    # -- CSV -------------------------------------------------------------------------------------------
+
+    @keyword
+    def export_devices_to_csv(self, name: str, path: Path) -> Path:
+        """Writes one row per device of the fleet (id, state, counters, last error) to a CSV file.
+
+        Cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``) are
+        written with a leading ``'``.
+        """
+        fleet = self._fleet(name)
+        rows = self._ctx.call(lambda: [d.status() for d in fleet.devices])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(EXPORT_COLUMNS)
+            for status in rows:
+                row = {**status, "model": fleet.model.id}
+                writer.writerow([neutralise_cell(row.get(c)) for c in EXPORT_COLUMNS])
+        logger.info(f"Exported {len(rows)} devices of fleet '{name}' to {path}.")
+        return path
+
+    @keyword
+    def import_devices_from_csv(
+        self,
+        path: Path,
+        model: str = "",
+        name: str = "",
+        seed: int | None = None,
+        host: str = "",
+        port: int | None = None,
+    ) -> str:
+        """Creates a fleet from a CSV file of devices; returns the fleet name.
+
+        The file needs a ``deviceId`` column. A ``model`` column is used when the ``model`` argument is
+        not given (all rows must then name the same model). Columns named like a telemetry field of the
+        model set a per-device override of that field (an empty cell means no override).
+
+        | ${fleet} =    Import Devices From CSV    ${CURDIR}/devices.csv    model=temperature-sensor
+        """
+        if not path.is_file():
+            raise KeywordError(f"Device CSV '{path}' does not exist.")
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+        if "deviceId" not in columns:
+            raise KeywordError(f"Device CSV '{path}' needs a 'deviceId' column; it has: {', '.join(columns)}.")
+        ids = [(r.get("deviceId") or "").strip() for r in rows]
+        blank = [i + 2 for i, d in enumerate(ids) if not d]
+        if blank:
+            raise KeywordError(f"Device CSV '{path}': empty deviceId on line(s) {', '.join(map(str, blank[:5]))}.")
+        model_id = model or _single_model(path, rows)
+        m = self._model(model_id)
+        fleet_name = self.create_fleet(m.id, count=0, name=name, seed=seed, host=host, port=port)
+        sim = self._ctx.simulator
+
+        def rebuild() -> Fleet:
+            old = sim.fleets.pop(fleet_name)
+            return sim.create_fleet(
+                fleet_name,
+                m,
+                ids,
+                seed=seed,
+                connection=old.connection,
+                credentials=old.credentials,
+                options=old.options,
+            )
+
+        fleet = self._ctx.call(rebuild)
+        fields = [c for c in columns if c in m.field_names]
+        for row in rows:
+            device = fleet.by_id[row["deviceId"].strip()]
+            for f in fields:
+                cell = (row.get(f) or "").strip()
+                if cell:
+                    try:
+                        self._ctx.call(device.values.set_override, f, cell)
+                    except (ValueError, TypeError, ConfigurationError) as err:
+                        raise KeywordError(f"Device CSV '{path}', device '{device.id}', column '{f}': {err}") from None
+        logger.info(
+            f"Imported {len(ids)} devices from {path} into fleet '{fleet_name}' "
+            f"(overrides: {', '.join(fields) or 'none'})."
+        )
+        return fleet_name
+
+
+def _single_model(path: Path, rows: list[dict[str, str]]) -> str:
+    models = {(r.get("model") or "").strip() for r in rows} - {""}
+    if len(models) != 1:
+        raise KeywordError(
+            f"Device CSV '{path}': give model= or a 'model' column naming one model "
+            f"(found: {', '.join(sorted(models)) or 'none'})."
+        )
+    return models.pop()

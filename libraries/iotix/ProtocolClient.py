@@ -1,0 +1,302 @@
+"""Robot Framework keyword library: talk to brokers and servers as a test client, and check what arrived."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any
+
+from robot.api import logger
+from robot.api.deco import keyword, library
+from robot.api.types import Secret
+
+from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
+from iotix._robot.convert import seconds
+from iotix._robot.telemetry import collect, describe_failure, parse_percent, pick_probe
+from iotix.services.mqtt_broker import MqttBroker, start_local_broker
+from iotix.transport.base import TransportError
+from iotix.transport.mqtt_probe import MqttProbe
+
+__version__ = "0.1.0"
+
+
+@library(scope="GLOBAL", version=__version__, auto_keywords=False, listener=SuiteCleanupListener(), doc_format="ROBOT")
+class ProtocolClient:
+    """Test-side clients: local brokers to run against, and connections that subscribe, publish and check.
+
+    = Receivers and aliases =
+
+    `Connect To MQTT Broker` opens a connection under an ``alias`` (``default`` unless given). From
+    `Subscribe To Topic` on, everything that arrives on the subscription is collected in the background:
+    `Wait Until Messages Received` and `Get Received Messages` read it, and every IoTix telemetry
+    envelope (``deviceId``, ``seq``, ``ts``) is counted per device, so that
+    `Telemetry Should Be Received From Fleet` can tell what was lost, duplicated or reordered.
+
+    = Local servers =
+
+    `Start Local MQTT Broker` starts Mosquitto (or, where it is not installed, the embedded amqtt broker)
+    on 127.0.0.1 on a port free for this process, so parallel pabot workers never clash. A server
+    started by a suite is stopped when that suite ends.
+    """
+
+    def __init__(self) -> None:
+        self._ctx = get_context()
+
+    @property
+    def _probes(self) -> dict[str, MqttProbe]:
+        return self._ctx.services.setdefault("probes", {})
+
+    # -- local broker ---------------------------------------------------------------------------------
+
+    @keyword
+    def start_local_mqtt_broker(self, kind: str = "auto") -> dict[str, Any]:
+        """Starts a local MQTT broker and returns a dictionary with ``host``, ``port``, ``kind`` and ``url``.
+
+        ``kind`` is ``auto`` (Mosquitto when installed, else the embedded broker), ``mosquitto`` or
+        ``amqtt``. Mosquitto runs with settings that lose nothing (no queue limit, large in-flight window).
+        Only one local broker per process: a second call returns the running one.
+
+        | ${broker} =    Start Local MQTT Broker
+        | Create Fleet    simple-temperature    host=${broker}[host]    port=${broker}[port]
+        """
+        broker: MqttBroker | None = self._ctx.services.get("mqtt_broker")
+        if broker is not None and broker.is_running:
+            return broker.info()
+        try:
+            broker = start_local_broker(kind=kind)
+        except Exception as err:
+            raise KeywordError(f"Cannot start a local MQTT broker ({kind}): {err}") from None
+        self._ctx.services["mqtt_broker"] = broker
+        self._ctx.own("local MQTT broker", self.stop_local_mqtt_broker)
+        info = broker.info()
+        logger.info(f"Local MQTT broker ({info['kind']}) listening on {info['host']}:{info['port']}.")
+        return info
+
+    def _broker(self) -> MqttBroker:
+        broker: MqttBroker | None = self._ctx.services.get("mqtt_broker")
+        if broker is None:
+            raise KeywordError("No local MQTT broker is running: use Start Local MQTT Broker first.")
+        return broker
+
+    @keyword
+    def stop_local_mqtt_broker(self) -> None:
+        """Stops the local MQTT broker started by `Start Local MQTT Broker` (nothing if none runs)."""
+        broker = self._ctx.services.pop("mqtt_broker", None)
+        if broker is not None:
+            broker.stop()
+            self._ctx.disown("local MQTT broker")
+            logger.info("Local MQTT broker stopped.")
+
+    @keyword
+    def restart_local_mqtt_broker(self, down_for: timedelta = timedelta(0)) -> dict[str, Any]:
+        """Stops the local broker, keeps it down for ``down_for``, and starts it again on the same port.
+
+        Devices lose their connections and come back with backoff; use it to test broker outages.
+        """
+        broker = self._broker()
+        broker.restart(down_for=seconds(down_for))
+        logger.info(f"Local MQTT broker restarted after {seconds(down_for):g} s down.")
+        return broker.info()
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    @keyword
+    def connect_to_mqtt_broker(
+        self,
+        host: str,
+        port: int = 1883,
+        alias: str = "default",
+        client_id: str = "",
+        username: str = "",
+        password: Secret | None = None,
+        timeout: timedelta = timedelta(seconds=10),
+    ) -> str:
+        """Connects a test client to an MQTT broker under ``alias``; returns the client id.
+
+        ``password`` must be a Robot ``Secret``. The connection comes back by itself if the broker
+        restarts, and renews its subscriptions.
+
+        | Connect To MQTT Broker    ${broker}[host]    ${broker}[port]    alias=backend
+        """
+        if alias in self._probes:
+            raise KeywordError(
+                f"Alias '{alias}' is already connected to {self._probes[alias].target}; "
+                "disconnect it first or use another alias."
+            )
+        cid = client_id or f"iotix-probe-{alias}-{os.getpid()}"
+        limit = seconds(timeout)
+
+        async def connect() -> MqttProbe:
+            probe = MqttProbe(alias, cid)
+            await probe.connect(
+                host,
+                port,
+                username=username or None,
+                password=password.value if password is not None else None,
+                timeout=limit,
+            )
+            return probe
+
+        try:
+            probe = self._ctx.call(connect, timeout=limit + 5)
+        except TransportError as err:
+            raise KeywordError(f"Cannot connect '{alias}' to MQTT broker {host}:{port}: {err}") from None
+        self._probes[alias] = probe
+        self._ctx.own(f"MQTT connection '{alias}'", lambda: self.disconnect_from_mqtt_broker(alias))
+        return cid
+
+    def _probe(self, alias: str) -> MqttProbe:
+        probe = self._probes.get(alias)
+        if probe is None:
+            known = ", ".join(f"'{a}'" for a in self._probes) or "none"
+            raise KeywordError(
+                f"No MQTT connection with alias '{alias}' (connected: {known}); use Connect To MQTT Broker first."
+            )
+        return probe
+
+    @keyword
+    def disconnect_from_mqtt_broker(self, alias: str = "default") -> None:
+        """Closes the connection ``alias``; what it collected is gone with it."""
+        probe = self._probes.pop(alias, None)
+        if probe is not None:
+            self._ctx.call(probe.close)
+            self._ctx.disown(f"MQTT connection '{alias}'")
+
+    @keyword
+    def subscribe_to_topic(
+        self, topic: str, qos: int = 0, alias: str = "default", timeout: timedelta = timedelta(seconds=10)
+    ) -> None:
+        """Subscribes ``alias`` to ``topic`` (wildcards ``+`` and ``#`` allowed) and collects from then on.
+
+        Returns once the broker acknowledged the subscription.
+
+        | Subscribe To Topic    iotix/+/+/telemetry    qos=1
+        """
+        probe = self._probe(alias)
+        try:
+            self._ctx.call(probe.subscribe, topic, qos, seconds(timeout), timeout=seconds(timeout) + 5)
+        except TransportError as err:
+            raise KeywordError(str(err)) from None
+
+    @keyword
+    def publish_mqtt_message(
+        self,
+        topic: str,
+        payload: str | bytes,
+        qos: int = 0,
+        retain: bool = False,
+        alias: str = "default",
+        timeout: timedelta = timedelta(seconds=10),
+    ) -> None:
+        """Publishes one message; with QoS 1 or 2 waits until the broker acknowledged it."""
+        probe = self._probe(alias)
+        data = payload.encode() if isinstance(payload, str) else payload
+        try:
+            self._ctx.call(probe.publish, topic, data, qos, retain, seconds(timeout), timeout=seconds(timeout) + 5)
+        except TransportError as err:
+            raise KeywordError(str(err)) from None
+
+    @keyword
+    def wait_until_messages_received(
+        self, topic: str, count: int = 1, timeout: timedelta = timedelta(seconds=10), alias: str = "default"
+    ) -> list[dict[str, Any]]:
+        """Waits until ``count`` messages arrived on the subscription ``topic``; returns them all.
+
+        Each message is a dictionary with ``topic``, ``payload`` (text, or hex for binary), ``qos``,
+        ``retain`` and ``receivedAt``. Fails when fewer arrived within ``timeout``.
+
+        | ${msgs} =    Wait Until Messages Received    alerts/#    count=1    timeout=20s
+        """
+        probe = self._probe(alias)
+        limit = seconds(timeout)
+        try:
+            messages = self._ctx.call(probe.wait_for, topic, count, limit, timeout=limit + 5)
+        except TransportError as err:
+            raise KeywordError(str(err)) from None
+        if len(messages) < count:
+            raise AssertionError(
+                f"Expected {count} message(s) on '{topic}' (alias '{alias}') within {limit:g} s, got {len(messages)}."
+            )
+        return [m.as_dict() for m in messages]
+
+    @keyword
+    def get_received_messages(self, topic: str, alias: str = "default") -> list[dict[str, Any]]:
+        """Returns what arrived on the subscription ``topic`` so far (see `Wait Until Messages Received`)."""
+        probe = self._probe(alias)
+        try:
+            sub = probe.subscription(topic)
+        except TransportError as err:
+            raise KeywordError(str(err)) from None
+        return self._ctx.call(lambda: [m.as_dict() for m in sub.messages])
+
+    # -- assertions -----------------------------------------------------------------------------------
+
+    @keyword
+    def telemetry_should_be_received_from_fleet(
+        self,
+        fleet: str,
+        min_messages: int = 1,
+        max_loss: str = "0%",
+        timeout: timedelta = timedelta(seconds=30),
+        source: str = "",
+    ) -> dict[str, Any]:
+        """Checks, per device of ``fleet``, that its telemetry arrived at the receiver ``source``.
+
+        Every message a device handed to its transport before this keyword started must arrive within
+        ``timeout``; sequence gaps count as lost. Passes when every device delivered at least
+        ``min_messages`` and the loss is at most ``max_loss`` (``0.1%``). Returns the report (expected,
+        received, lost, duplicates, out-of-order, latency, worst devices).
+
+        ``source`` is the alias of a subscribed connection (default: ``default``, or the only one).
+
+        | Telemetry Should Be Received From Fleet    env    min_messages=5    max_loss=0.1%
+        """
+        max_pct = parse_percent(max_loss)
+        probe = pick_probe(self._ctx, source)
+        f = self._ctx.simulator.fleet(fleet)
+        limit = seconds(timeout)
+        check = self._ctx.call(collect, f, probe, limit, min_messages, timeout=limit + 10)
+        report = check.report
+        failure = describe_failure(fleet, report, max_pct, min_messages, probe.alias)
+        summary = report.as_dict()
+        logger.info(
+            f"Fleet '{fleet}' via '{probe.alias}': {report.received:,} of {report.expected:,} expected "
+            f"messages arrived, {report.lost} lost, {report.duplicates} duplicates, "
+            f"{report.out_of_order} out of order; latency p50 {summary['latencyMs']['p50']} ms, "
+            f"p99 {summary['latencyMs']['p99']} ms."
+        )
+        if failure:
+            raise AssertionError(failure)
+        return summary
+
+    @keyword
+    def send_command_to_device(self, device_id: str, command: str, alias: str = "default", **parameters: Any) -> None:
+        """Publishes ``command`` to the device's command topic, with ``parameters`` as a JSON object.
+
+        The device records it (see ``Get Received Commands`` of DeviceFleet) and acts on ``reboot`` and
+        ``setInterval`` (``intervalMs=...``).
+
+        | Send Command To Device    gw-0    setInterval    intervalMs=500
+        """
+        device = self._ctx.simulator.find_device(device_id)
+        topics_for = getattr(device.fleet.transport, "command_topics", None)
+        topics = self._ctx.call(topics_for, device) if topics_for else {}
+        if command not in topics:
+            known = ", ".join(topics) or "none"
+            raise KeywordError(
+                f"Device '{device_id}' (model '{device.fleet.model.id}') has no command "
+                f"'{command}'; its commands: {known}."
+            )
+        params = {k: _jsonable(v) for k, v in parameters.items()}
+        self.publish_mqtt_message(topics[command], json.dumps(params), qos=1, alias=alias)
+        logger.info(f"Sent '{command}' {params} to {device_id} on {topics[command]}.")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value

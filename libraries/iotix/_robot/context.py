@@ -1,0 +1,143 @@
+"""Glue shared by the four keyword libraries: the one runtime and simulator, the bridge call, log flushing,
+and cleanup of what a suite created when that suite ends."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from robot.api import logger
+from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
+
+from iotix.errors import IoTixError
+from iotix.fleet.simulator import Simulator
+from iotix.model.loader import ModelRegistry
+from iotix.runtime import Runtime, get_runtime, install_log_buffer
+
+_LEVELS = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARN",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "ERROR",
+}
+
+
+class KeywordError(IoTixError):
+    """A keyword failed for a reason the user can act on; Robot shows just the message."""
+
+
+class Context:
+    """Process-wide state of the Robot side. Created lazily: importing a library starts nothing."""
+
+    def __init__(self) -> None:
+        self._runtime: Runtime | None = None
+        self._simulator: Simulator | None = None
+        self.models = ModelRegistry()
+        self.owned: dict[str, list[tuple[str, Callable[[], Any]]]] = {}  # suite -> [(what, cleanup)]
+        self.services: dict[str, Any] = {}
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None or not self._runtime.started:
+            install_log_buffer()
+            self._runtime = get_runtime()
+            self._runtime.start()
+            self._runtime.add_shutdown_hook(self._shutdown)
+        return self._runtime
+
+    @property
+    def simulator(self) -> Simulator:
+        if self._simulator is None:
+            rt = self.runtime
+            self._simulator = rt.call(lambda: Simulator(rt.loop))
+        return self._simulator
+
+    async def _shutdown(self) -> None:
+        if self._simulator is not None:
+            await self._simulator.shutdown()
+        for close in list(self.services.values()):
+            aclose = getattr(close, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception as err:
+                    logging.getLogger("iotix").warning("closing %r failed: %s", close, err)
+
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
+        """Run ``fn`` on the runtime loop, then copy its log records into the Robot log."""
+        try:
+            return self.runtime.call(fn, *args, timeout=timeout, **kwargs)
+        finally:
+            flush_logs()
+
+    # -- suite ownership ------------------------------------------------------------------------------
+
+    def own(self, what: str, cleanup: Callable[[], Any]) -> None:
+        """Remember that the running suite created ``what``; ``cleanup`` runs when that suite ends."""
+        self.owned.setdefault(current_suite(), []).append((what, cleanup))
+
+    def disown(self, what: str) -> None:
+        for items in self.owned.values():
+            items[:] = [(w, c) for w, c in items if w != what]
+
+    def end_suite(self, suite: str) -> None:
+        for what, cleanup in reversed(self.owned.pop(suite, [])):
+            try:
+                cleanup()
+                logger.info(f"Cleaned up {what} created by suite '{suite}'.")
+            except Exception as err:
+                logger.warn(f"Cleaning up {what} after suite '{suite}' failed: {err}")
+
+
+def current_suite() -> str:
+    try:
+        return str(BuiltIn().get_variable_value("${SUITE NAME}", ""))
+    except RobotNotRunningError:
+        return ""
+
+
+def flush_logs() -> None:
+    """Write records logged by the runtime thread into the Robot log, from this (the main) thread."""
+    from iotix.runtime import log_buffer
+
+    for record in log_buffer.drain():
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        if record.exc_info and record.levelno >= logging.ERROR:
+            import traceback
+
+            message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        level = _LEVELS.get(record.levelno, "INFO")
+        with contextlib.suppress(Exception):  # outside Robot there is no log to write to
+            logger.write(f"[{record.name}] {message}", level)
+    if log_buffer.dropped:
+        logger.warn(f"{log_buffer.dropped} IoTix log records were dropped (buffer full).")
+        log_buffer.dropped = 0
+
+
+_context: Context | None = None
+
+
+def get_context() -> Context:
+    global _context
+    if _context is None:
+        _context = Context()
+    return _context
+
+
+class SuiteCleanupListener:
+    """Library listener (API v3): stops what a suite created when that suite ends."""
+
+    ROBOT_LISTENER_API_VERSION = 3
+
+    def end_suite(self, data: Any, result: Any) -> None:
+        name = getattr(data, "full_name", None) or getattr(data, "longname", "")
+        ctx = _context
+        if ctx is not None and ctx._runtime is not None:
+            ctx.end_suite(str(name))
+            flush_logs()

@@ -1,0 +1,121 @@
+"""Comparing what a fleet sent with what a receiver collected (shared by ProtocolClient and Metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from iotix._robot.context import Context, KeywordError
+from iotix.fleet.fleet import Fleet
+from iotix.observe.tracker import TelemetryReport
+from iotix.transport.mqtt_probe import MqttProbe
+
+
+def parse_percent(value: str | float | int, what: str = "max_loss") -> float:
+    """``'0.1%'``, ``'0.1'`` or ``0.1`` -> 0.1 (percent)."""
+    text = str(value).strip().rstrip("%").strip()
+    try:
+        pct = float(text)
+    except ValueError:
+        raise KeywordError(f"{what} must be a percentage like 0.1% or 0, got '{value}'.") from None
+    if not 0 <= pct <= 100:
+        raise KeywordError(f"{what} must be between 0% and 100%, got {value}.")
+    return pct
+
+
+def pick_probe(ctx: Context, source: str) -> MqttProbe:
+    probes: dict[str, MqttProbe] = ctx.services.setdefault("probes", {})
+    if source:
+        probe = probes.get(source)
+        if probe is None:
+            known = ", ".join(f"'{a}'" for a in probes) or "none"
+            raise KeywordError(
+                f"No receiver with alias '{source}' (connected: {known}); use Connect To MQTT "
+                "Broker and Subscribe To Topic first."
+            )
+        return probe
+    if "default" in probes:
+        return probes["default"]
+    if len(probes) == 1:
+        return next(iter(probes.values()))
+    if not probes:
+        raise KeywordError(
+            "No receiver is collecting telemetry: use Connect To MQTT Broker and Subscribe To "
+            "Topic before the fleet sends."
+        )
+    raise KeywordError(f"Several receivers are connected ({', '.join(probes)}); say which with source=.")
+
+
+def expected_ranges(fleet: Fleet, probe: MqttProbe) -> dict[str, tuple[int, int]]:
+    """Per device ``[first, stop)``: from seq 0 when the receiver listened before the device started,
+    else from the first sequence number that arrived. Runs on the loop."""
+    listening_since = probe.subscribed_at
+    out = {}
+    for d in fleet.devices:
+        started_after = d.started_at > 0 and listening_since is not None and d.started_at >= listening_since
+        out[d.id] = (0 if started_after else -1, d.seq)
+    return out
+
+
+@dataclass
+class Check:
+    report: TelemetryReport
+    expected: dict[str, tuple[int, int]]
+
+
+async def collect(fleet: Fleet, probe: MqttProbe, timeout: float, min_messages: int = 0) -> Check:
+    """Wait until every message the fleet had sent when the check began arrived (or ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    expected = expected_ranges(fleet, probe)
+    end = loop.time() + timeout
+    while True:
+        report = probe.tracker.report(expected)
+        complete = report.lost == 0 and all(r.received >= min_messages for r in report.devices)
+        if complete or loop.time() >= end:
+            return Check(report, expected)
+        if min_messages:  # wait for new messages too: widen the window to what has been sent by now
+            expected = {k: (v[0], fleet.by_id[k].seq) for k, v in expected.items()}
+        await asyncio.sleep(0.05)
+
+
+def describe_failure(
+    fleet: str, report: TelemetryReport, max_loss: float, min_messages: int, source: str
+) -> str | None:
+    problems = []
+    few = [d for d in report.devices if d.received < min_messages]
+    if report.expected == 0 and report.received == 0:
+        return (
+            f"Fleet '{fleet}' sent nothing that '{source}' could expect: no device has sent a message yet "
+            "(is the fleet started and running?)."
+        )
+    if report.loss_pct > max_loss:
+        worst = report.worst(1)
+        tail = f"; worst device {worst[0].device_id} lost {worst[0].lost}" if worst else ""
+        if worst and worst[0].first_missing:
+            tail += f" (first missing seq {', '.join(map(str, worst[0].first_missing[:5]))})"
+        problems.append(
+            f"lost {report.lost:,} of {report.expected:,} messages ({report.loss_pct:.2f} %), more "
+            f"than the allowed {max_loss:g} %{tail}"
+        )
+    if few:
+        sample = ", ".join(f"{d.device_id} ({d.received})" for d in few[:3])
+        problems.append(
+            f"{len(few)} of {len(report.devices)} devices sent fewer than {min_messages} messages "
+            f"that arrived: {sample}{' ...' if len(few) > 3 else ''}"
+        )
+    if not problems:
+        return None
+    extra = []
+    if report.duplicates:
+        extra.append(f"{report.duplicates} duplicates")
+    if report.silent_devices:
+        extra.append(f"{len(report.silent_devices)} devices silent")
+    if report.invalid_messages:
+        extra.append(f"{report.invalid_messages} messages that were not IoTix envelopes")
+    suffix = f" ({', '.join(extra)})" if extra else ""
+    return f"Fleet '{fleet}' " + "; ".join(problems) + f"{suffix} [receiver '{source}']."
+
+
+def report_dict(check: Check) -> dict[str, Any]:
+    return check.report.as_dict()

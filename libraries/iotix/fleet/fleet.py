@@ -1,0 +1,557 @@
+"""A fleet: devices of one model, their launch, their sends, their dropouts, their counters.
+
+Everything here runs on the runtime loop. The fleet is protocol-agnostic: its transport adapter opens
+connections and hands over payloads, and reports back through :meth:`Fleet.connection_lost`,
+:meth:`Fleet.command_received` and :meth:`Fleet.delivery_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from iotix.behavior import compile_condition, compile_template
+from iotix.encode import make_encoder
+from iotix.errors import ConfigurationError, IoTixError, NotFoundError
+from iotix.fleet.device import Device, DeviceState
+from iotix.fleet.timeline import (
+    DropoutSettings,
+    LaunchSettings,
+    launch_offsets,
+    plan_dropout,
+)
+from iotix.generate import DeviceValues
+from iotix.model.types import DeviceModel
+from iotix.observe.histogram import Histogram
+from iotix.transport import TransportError, create_transport
+from iotix.transport.backoff import full_jitter
+
+if TYPE_CHECKING:
+    from iotix.fleet.simulator import Simulator
+
+log = logging.getLogger("iotix.fleet")
+
+#: The error list of a fleet keeps this many background errors for the next keyword to report.
+MAX_PENDING_ERRORS = 20
+
+
+class Credentials:
+    """Username and password; the password never appears in a repr, a log or an exception."""
+
+    __slots__ = ("password", "username")
+
+    def __init__(self, username: str | None = None, password: str | None = None) -> None:
+        self.username = username
+        self.password = password
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password={'***' if self.password else None})"
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """Tunables of a fleet that do not come from the model."""
+
+    offline_queue_size: int = 1000  # QoS 1/2 messages kept per device while it reconnects
+    reconnect_base_s: float = 0.5  # backoff base (full jitter) for reconnects
+    reconnect_cap_s: float = 30.0  # backoff cap
+    max_connecting: int = 256  # connection attempts in flight at once, per fleet
+
+    def __post_init__(self) -> None:
+        if self.offline_queue_size < 0:
+            raise ConfigurationError(f"offline queue size must be >= 0, got {self.offline_queue_size}")
+        if self.reconnect_base_s <= 0 or self.reconnect_cap_s < self.reconnect_base_s:
+            raise ConfigurationError(
+                f"reconnect backoff needs 0 < base <= cap, got base {self.reconnect_base_s} s, "
+                f"cap {self.reconnect_cap_s} s"
+            )
+        if self.max_connecting < 1:
+            raise ConfigurationError(f"max_connecting must be >= 1, got {self.max_connecting}")
+
+
+def format_device_id(pattern: str, index: int, fleet: str, model_id: str) -> str:
+    """Render an id pattern such as ``temp-sensor-{index}`` or ``env-{index:05d}``."""
+    try:
+        return pattern.format(index=index, fleet=fleet, model=model_id, n=index + 1)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigurationError(
+            f"id pattern '{pattern}' is not usable ({err}); use placeholders {{index}}, {{index:05d}}, "
+            "{n} (1-based), {fleet} or {model}"
+        ) from None
+
+
+class Fleet:
+    """Devices of one model sharing a transport, counters and a launch/dropout plan."""
+
+    def __init__(
+        self,
+        sim: Simulator,
+        name: str,
+        model: DeviceModel,
+        device_ids: Sequence[str],
+        *,
+        seed: int | str | None = None,
+        connection: dict[str, Any] | None = None,
+        credentials: Credentials | None = None,
+        options: FleetOptions | None = None,
+    ) -> None:
+        if len(set(device_ids)) != len(device_ids):
+            dupes = sorted({d for d in device_ids if list(device_ids).count(d) > 1})[:5]
+            raise ConfigurationError(f"Fleet '{name}': device ids must be unique; repeated: {', '.join(dupes)}")
+        self.sim = sim
+        self.name = name
+        self.model = model
+        self.seed = seed
+        self.connection: dict[str, Any] = dict(connection if connection is not None else model.connection)
+        self.credentials = credentials or Credentials(self.connection.get("username"), self.connection.get("password"))
+        self.options = options or FleetOptions()
+        self.encoder = make_encoder(model)
+        self.devices: list[Device] = []
+        self.by_id: dict[str, Device] = {}
+        for index, device_id in enumerate(device_ids):
+            values = DeviceValues(model, device_id, seed)
+            device = Device(self, device_id, index, values)
+            self.devices.append(device)
+            self.by_id[device_id] = device
+        first = self.devices[0].values if self.devices else DeviceValues(model, "-", seed)
+        self.groups: list[tuple[float, tuple[str, ...]]] = [(ms / 1000.0, names) for ms, names in first.groups]
+        # A raw payload is one binary field alone: groups without it are sampled (behaviors see them) but not sent.
+        raw_field = model.payload.field if model.payload.format == "raw" else None
+        self.sendable = [raw_field is None or raw_field in names for _, names in self.groups]
+        self.qos = int(self.connection.get("qos", 0))
+        self.transport = create_transport(self)
+        names = list(model.field_names)
+        self.behaviors = [
+            (
+                b,
+                compile_condition(b.condition, names),
+                compile_template(b.action.get("payload", ""), None),
+                compile_template(str(b.action.get("topic", "")), None),
+            )
+            for b in model.behaviors
+        ]
+        self.lateness = Histogram()
+        self.errors: list[str] = []
+        self.state = "created"
+        self.launch: LaunchSettings | None = None
+        self.launch_task: asyncio.Task[None] | None = None
+        self.launched = 0
+        self.dropout_task: asyncio.Task[None] | None = None
+        self.dropout_plan: list[Any] = []
+        self.dropouts_done = 0
+        self.behaviors_fired = 0
+        self.owner: str | None = None  # who created it (the Robot suite), for cleanup
+        self._connect_limit = asyncio.Semaphore(self.options.max_connecting)
+        self._rng = random.Random(f"fleet:{name}:{seed}")
+
+    # -- lookup ---------------------------------------------------------------------------------------
+
+    def device(self, device_id: str) -> Device:
+        try:
+            return self.by_id[device_id]
+        except KeyError:
+            sample = ", ".join(d.id for d in self.devices[:5])
+            raise NotFoundError(
+                f"Fleet '{self.name}' has no device '{device_id}' (it has {len(self.devices)} devices: "
+                f"{sample}{', ...' if len(self.devices) > 5 else ''})."
+            ) from None
+
+    def report_error(self, message: str) -> None:
+        log.warning("fleet %s: %s", self.name, message)
+        if len(self.errors) < MAX_PENDING_ERRORS:
+            self.errors.append(message)
+
+    def take_errors(self) -> list[str]:
+        errors, self.errors = self.errors, []
+        return errors
+
+    # -- launch -----------------------------------------------------------------------------------------
+
+    def start(self, launch: LaunchSettings) -> None:
+        """Schedule the launch; returns at once. Devices connect at their timeline offsets."""
+        if self.state in ("starting", "running"):
+            raise ConfigurationError(f"Fleet '{self.name}' is already {self.state}; stop it before starting again.")
+        self.launch = launch
+        self.state = "starting"
+        self.launched = 0
+        self.launch_task = asyncio.get_running_loop().create_task(
+            self._launch(launch), name=f"iotix-launch-{self.name}"
+        )
+
+    async def _launch(self, launch: LaunchSettings) -> None:
+        loop = asyncio.get_running_loop()
+        offsets = launch_offsets(len(self.devices), launch)
+        t0 = loop.time()
+        log.info("fleet %s: launching %d devices (%s)", self.name, len(self.devices), launch.strategy.value)
+        try:
+            for device, offset in zip(self.devices, offsets, strict=True):
+                wait = t0 + offset - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if device.state in (DeviceState.CREATED, DeviceState.STOPPED):
+                    self.bring_up(device)
+                self.launched += 1
+            self.state = "running"
+            # The fleet's objects live as long as the fleet: keep them out of full garbage collections,
+            # which would otherwise stall the loop for hundreds of ms at 10,000 devices.
+            gc.freeze()
+            log.info("fleet %s: all %d devices launched in %.2f s", self.name, len(self.devices), loop.time() - t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a bug must not pass silently
+            self.report_error(f"launch failed: {err!r}")
+            raise
+
+    def bring_up(self, device: Device, *, reconnect: bool = False) -> None:
+        """Start connecting a device in the background (first start, or after a dropout)."""
+        if device.task is not None and not device.task.done():
+            return
+        device.state = DeviceState.RECONNECTING if reconnect else DeviceState.CONNECTING
+        device.task = asyncio.get_running_loop().create_task(self._connect_loop(device, reconnect))
+
+    async def _connect_loop(self, device: Device, reconnect: bool, first_delay: float = 0.0) -> None:
+        attempt = 0
+        if first_delay:
+            await asyncio.sleep(first_delay)
+        while device.state in (DeviceState.CONNECTING, DeviceState.RECONNECTING):
+            try:
+                async with self._connect_limit:
+                    if device.state not in (DeviceState.CONNECTING, DeviceState.RECONNECTING):
+                        return
+                    await self.transport.connect(device)
+            except TransportError as err:
+                device.last_error = str(err)
+                device.connect_failures += 1
+                if attempt == 0 or attempt % 10 == 0:
+                    log.info("fleet %s: %s (retrying with backoff)", self.name, err)
+                delay = full_jitter(attempt, self.options.reconnect_base_s, self.options.reconnect_cap_s, self._rng)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                device.last_error = f"unexpected error while connecting: {err!r}"
+                self.report_error(f"device '{device.id}': {device.last_error}")
+                device.state = DeviceState.ERROR
+                return
+            self._connected(device, reconnect)
+            return
+
+    def _connected(self, device: Device, reconnect: bool) -> None:
+        device.connects += 1
+        if reconnect:
+            device.reconnects += 1
+        if device.topic is None:
+            topic_for = getattr(self.transport, "topic_for", None)
+            device.topic = topic_for(device) if topic_for else None
+        device.state = DeviceState.RUNNING
+        self._flush_offline(device)
+        if not device.scheduled:
+            self._schedule(device)
+
+    def _schedule(self, device: Device) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        device.gen += 1
+        device.scheduled = True
+        if device.started_at == 0.0:
+            device.started_at = now
+        for group in range(len(self.groups)):
+            self.sim.scheduler.add(now, device, group, device.gen, self.fire)
+
+    # -- sending ------------------------------------------------------------------------------------------
+
+    def fire(self, device: Device, group: int, due: float, now: float) -> float | None:
+        """Scheduler callback: produce one reading of ``group`` and send (or queue) it."""
+        interval, names = self.groups[group]
+        if device.interval_override_s is not None:
+            interval = device.interval_override_s
+        state = device.state
+        if state is DeviceState.RUNNING or state is DeviceState.RECONNECTING:
+            self.lateness.record(now - due)
+            values = device.values.sample(names, due - device.started_at)
+            if self.behaviors:
+                self._run_behaviors(device, values)
+            ts_ms = int(time.time() * 1000)
+            if not self.sendable[group]:
+                pass
+            elif state is DeviceState.RUNNING and self.transport.is_connected(device):
+                self._send_values(device, values, ts_ms)
+            elif self.qos > 0 and self.options.offline_queue_size:
+                queue = device.offline_queue
+                if queue is None:
+                    queue = device.offline_queue = deque()
+                if len(queue) < self.options.offline_queue_size:
+                    queue.append((ts_ms, group, values))
+                    device.queued += 1
+                else:
+                    device.dropped += 1
+            else:
+                device.dropped += 1
+        nxt = due + interval
+        if nxt < now:  # fell behind by more than an interval (a stall): skip, do not burst
+            nxt = now + interval
+        return nxt
+
+    def _send_values(self, device: Device, values: dict[str, Any], ts_ms: int) -> bool:
+        payload = self.encoder(device.id, device.seq, ts_ms, values)
+        if self.transport.send(device, payload, device.topic):
+            device.seq += 1
+            device.sent += 1
+            device.bytes_sent += len(payload)
+            return True
+        device.failed += 1
+        return False
+
+    def _flush_offline(self, device: Device) -> None:
+        queue = device.offline_queue
+        while queue:
+            ts_ms, _group, values = queue[0]
+            if not self._send_values(device, values, ts_ms):
+                return
+            queue.popleft()
+
+    def _run_behaviors(self, device: Device, values: dict[str, Any]) -> None:
+        if device.last_values is None:
+            device.last_values = {}
+            device.behavior_last = [-1e18] * len(self.behaviors)
+        merged = device.last_values
+        merged.update(values)
+        now = asyncio.get_running_loop().time()
+        assert device.behavior_last is not None
+        for i, (spec, condition, payload_t, topic_t) in enumerate(self.behaviors):
+            if not condition.evaluate(merged):
+                continue
+            if now - device.behavior_last[i] < spec.cooldown_ms / 1000.0:
+                continue
+            device.behavior_last[i] = now
+            variables = {**device.variables(), **merged, "ts": int(time.time() * 1000), "seq": device.seq}
+            payload = payload_t.render(variables)
+            if not isinstance(payload, (bytes, str)):
+                payload = json.dumps(payload, separators=(",", ":"), default=str)
+            if isinstance(payload, str):
+                payload = payload.encode()
+            topic = topic_t.render_text(variables)
+            qos = int(spec.action.get("qos", 0))
+            if self.transport.send(device, payload, topic or None, qos, bool(spec.action.get("retain", False))):
+                self.behaviors_fired += 1
+                log.info("device %s: behavior '%s' fired (%s)", device.id, spec.name, spec.condition)
+
+    # -- events from the transport -------------------------------------------------------------------
+
+    def connection_lost(self, device: Device, reason: str) -> None:
+        device.disconnects += 1
+        device.last_error = reason
+        if device.state is DeviceState.RUNNING:
+            log.info("fleet %s: device %s %s; reconnecting", self.name, device.id, reason)
+            device.state = DeviceState.RECONNECTING
+            delay = full_jitter(0, self.options.reconnect_base_s, self.options.reconnect_cap_s, self._rng)
+            device.task = asyncio.get_running_loop().create_task(self._connect_loop(device, True, delay))
+
+    def delivery_failed(self, device: Device, reason: str) -> None:
+        device.failed += 1
+        device.last_error = reason
+
+    def command_received(self, device: Device, name: str, payload: bytes, topic: str) -> None:
+        try:
+            params = json.loads(payload) if payload else {}
+        except ValueError:
+            params = {"raw": payload.decode("utf-8", "replace")}
+        if not isinstance(params, dict):
+            params = {"value": params}
+        record = {
+            "command": name,
+            "parameters": params,
+            "topic": topic,
+            "receivedAt": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        }
+        if device.commands is None:
+            device.commands = []
+        device.commands.append(record)
+        status, detail = self._apply_command(device, name, params)
+        record["status"] = status
+        log.info("device %s: command '%s' %s (%s)", device.id, name, status, detail)
+        spec = next((c for c in self.model.commands if c.name == name), None)
+        if spec is not None and spec.response_topic:
+            topic_out = compile_template(spec.response_topic).render_text({**device.variables(), "command": name})
+            body = {
+                "deviceId": device.id,
+                "command": name,
+                "status": status,
+                "detail": detail,
+                "ts": int(time.time() * 1000),
+            }
+            self.transport.send(device, json.dumps(body, separators=(",", ":")).encode(), topic_out, 1)
+
+    def _apply_command(self, device: Device, name: str, params: dict[str, Any]) -> tuple[str, str]:
+        lname = name.lower()
+        if lname == "reboot":
+            delay = float(params.get("delayMs", 0)) / 1000.0
+            asyncio.get_running_loop().create_task(self.reboot(device, delay))
+            return "ok", f"rebooting in {delay:g} s"
+        if lname in ("setinterval", "set_interval"):
+            try:
+                ms = float(params.get("intervalMs", params.get("value")))
+            except (TypeError, ValueError):
+                return "error", "setInterval needs a numeric 'intervalMs'"
+            if ms < 10:
+                return "error", f"intervalMs must be >= 10, got {ms:g}"
+            device.interval_override_s = ms / 1000.0
+            return "ok", f"interval set to {ms:g} ms"
+        return "ok", "accepted"
+
+    # -- lifecycle of single devices --------------------------------------------------------------------
+
+    async def reboot(self, device: Device, delay: float = 0.0) -> None:
+        if device.state is not DeviceState.RUNNING:
+            return
+        device.state = DeviceState.RECONNECTING
+        await self.transport.disconnect(device)
+        device.disconnects += 1
+        await asyncio.sleep(delay)
+        if device.state is DeviceState.RECONNECTING:
+            await self._connect_loop(device, True)
+
+    def drop_device(self, device: Device) -> bool:
+        """Switch a device off abruptly (no DISCONNECT: its last will fires). False if it was not up."""
+        if device.state in (DeviceState.DROPPED, DeviceState.STOPPED, DeviceState.CREATED):
+            return False
+        if device.task is not None and not device.task.done():
+            device.task.cancel()
+        device.state = DeviceState.DROPPED
+        device.forget_schedule()
+        self.transport.drop(device)
+        device.disconnects += 1
+        return True
+
+    def restore_device(self, device: Device) -> bool:
+        if device.state is not DeviceState.DROPPED:
+            return False
+        self.bring_up(device, reconnect=True)
+        return True
+
+    # -- dropouts -----------------------------------------------------------------------------------------
+
+    def start_dropout(self, settings: DropoutSettings, seed: int | str | None) -> list[str]:
+        if self.dropout_task is not None and not self.dropout_task.done():
+            raise ConfigurationError(
+                f"Fleet '{self.name}' already has a dropout in progress "
+                f"({self.dropouts_done} of {len(self.dropout_plan)} steps done); wait for it first."
+            )
+        plan = plan_dropout([d.id for d in self.devices], settings, seed)
+        self.dropout_plan = plan
+        self.dropouts_done = 0
+        self.dropout_task = asyncio.get_running_loop().create_task(
+            self._dropout(plan), name=f"iotix-dropout-{self.name}"
+        )
+        return [e.device_id for e in plan]
+
+    async def _dropout(self, plan: list[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        steps: list[tuple[float, int, str, Any]] = []
+        for event in plan:
+            steps.append((event.drop_at, 0, "drop", event))
+            if event.reconnect_at is not None:
+                steps.append((event.reconnect_at, 1, "restore", event))
+        steps.sort(key=lambda s: (s[0], s[1]))
+        for at, _, action, event in steps:
+            wait = t0 + at - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            device = self.by_id[event.device_id]
+            if action == "drop":
+                if self.drop_device(device):
+                    log.info("fleet %s: dropped %s", self.name, device.id)
+            else:
+                self.restore_device(device)
+            self.dropouts_done += 1
+
+    @property
+    def dropout_steps(self) -> int:
+        return sum(2 if e.reconnect_at is not None else 1 for e in self.dropout_plan)
+
+    # -- stop -------------------------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        for task in (self.launch_task, self.dropout_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for device in self.devices:
+            if device.task is not None and not device.task.done():
+                device.task.cancel()
+            was_up = device.state in (
+                DeviceState.RUNNING,
+                DeviceState.RECONNECTING,
+                DeviceState.CONNECTING,
+                DeviceState.ERROR,
+            )
+            device.state = DeviceState.STOPPED
+            device.forget_schedule()
+            if was_up:
+                with contextlib.suppress(Exception):
+                    await self.transport.disconnect(device)
+        with contextlib.suppress(Exception):
+            await self.transport.close()
+        self.state = "stopped"
+        gc.unfreeze()  # let what the fleet held be collected again
+
+    # -- numbers ---------------------------------------------------------------------------------------------
+
+    def count_states(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in DeviceState}
+        for d in self.devices:
+            counts[d.state.value] += 1
+        return counts
+
+    def stats(self) -> dict[str, Any]:
+        ds = self.devices
+        states = self.count_states()
+        lateness = self.lateness.summary()
+        return {
+            "fleet": self.name,
+            "model": self.model.id,
+            "protocol": self.model.protocol,
+            "target": self.transport.target,
+            "state": self.state,
+            "deviceCount": len(ds),
+            "runningDeviceCount": states["running"],
+            "launchedDeviceCount": self.launched,
+            "states": states,
+            "messagesSent": sum(d.sent for d in ds),
+            "messagesAcked": sum(d.acked for d in ds),
+            "messagesFailed": sum(d.failed for d in ds),
+            "messagesDropped": sum(d.dropped for d in ds),
+            "messagesQueued": sum(len(d.offline_queue) for d in ds if d.offline_queue),
+            "bytesSent": sum(d.bytes_sent for d in ds),
+            "connects": sum(d.connects for d in ds),
+            "disconnects": sum(d.disconnects for d in ds),
+            "reconnects": sum(d.reconnects for d in ds),
+            "connectFailures": sum(d.connect_failures for d in ds),
+            "commandsReceived": sum(len(d.commands) for d in ds if d.commands),
+            "behaviorsFired": self.behaviors_fired,
+            "dropoutStepsDone": self.dropouts_done,
+            "dropoutSteps": self.dropout_steps,
+            "sendLatenessMs": lateness,
+        }
+
+    def expected_sequences(self) -> dict[str, tuple[int, int]]:
+        """Per device, the sequence numbers handed to the transport so far: ``[0, seq)``."""
+        return {d.id: (0, d.seq) for d in self.devices}
+
+
+class FleetError(IoTixError):
+    """A fleet-level operation failed (message names the fleet)."""

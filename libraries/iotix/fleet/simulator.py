@@ -1,0 +1,109 @@
+"""The one simulator of a process: its fleets, the shared scheduler and the periodic housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from iotix.errors import ConfigurationError, NotFoundError
+from iotix.fleet.device import Device
+from iotix.fleet.fleet import Credentials, Fleet, FleetOptions
+from iotix.fleet.scheduler import DEFAULT_TICK_S, Scheduler
+from iotix.model.types import DeviceModel
+
+log = logging.getLogger("iotix.simulator")
+PERIODIC_S = 0.1
+
+
+class Simulator:
+    """Owns every fleet of the process. All methods run on the runtime loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = DEFAULT_TICK_S) -> None:
+        self.loop = loop
+        self.scheduler = Scheduler(loop, tick)
+        self.fleets: dict[str, Fleet] = {}
+        self._periodic: asyncio.Task[None] | None = None
+
+    def _ensure_periodic(self) -> None:
+        if self._periodic is None or self._periodic.done():
+            self._periodic = self.loop.create_task(self._housekeeping(), name="iotix-housekeeping")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(PERIODIC_S)
+            now = self.loop.time()
+            for fleet in list(self.fleets.values()):
+                try:
+                    fleet.transport.periodic(now)
+                except Exception as err:
+                    fleet.report_error(f"housekeeping failed: {err!r}")
+
+    # -- fleets ---------------------------------------------------------------------------------------
+
+    def create_fleet(
+        self,
+        name: str,
+        model: DeviceModel,
+        device_ids: Sequence[str],
+        *,
+        seed: int | str | None = None,
+        connection: dict[str, Any] | None = None,
+        credentials: Credentials | None = None,
+        options: FleetOptions | None = None,
+    ) -> Fleet:
+        if name in self.fleets:
+            raise ConfigurationError(
+                f"A fleet named '{name}' already exists ({len(self.fleets[name].devices)} devices of model "
+                f"'{self.fleets[name].model.id}'); choose another name or delete it first."
+            )
+        taken = self.device_owner_map()
+        clash = [d for d in device_ids if d in taken]
+        if clash:
+            raise ConfigurationError(
+                f"Fleet '{name}': device id '{clash[0]}' is already used by fleet '{taken[clash[0]]}'"
+                f"{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}; use another id_pattern."
+            )
+        fleet = Fleet(
+            self, name, model, device_ids, seed=seed, connection=connection, credentials=credentials, options=options
+        )
+        self.fleets[name] = fleet
+        self._ensure_periodic()
+        return fleet
+
+    def fleet(self, name: str) -> Fleet:
+        try:
+            return self.fleets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.fleets)) or "none"
+            raise NotFoundError(f"No fleet named '{name}' (fleets: {known}).") from None
+
+    def device_owner_map(self) -> dict[str, str]:
+        return {d.id: f.name for f in self.fleets.values() for d in f.devices}
+
+    def find_device(self, device_id: str) -> Device:
+        for fleet in self.fleets.values():
+            device = fleet.by_id.get(device_id)
+            if device is not None:
+                return device
+        raise NotFoundError(
+            f"No device '{device_id}' in any fleet (fleets: {', '.join(sorted(self.fleets)) or 'none'})."
+        )
+
+    async def delete_fleet(self, name: str) -> None:
+        fleet = self.fleet(name)
+        await fleet.stop()
+        del self.fleets[name]
+
+    async def shutdown(self) -> None:
+        for fleet in list(self.fleets.values()):
+            with contextlib.suppress(Exception):
+                await fleet.stop()
+        self.fleets.clear()
+        self.scheduler.clear()
+        if self._periodic is not None:
+            self._periodic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._periodic

@@ -1,0 +1,327 @@
+"""Semantic checks of model data: what the JSON Schema cannot express.
+
+The checks run after the schema and tolerate data the schema rejected: each one looks only at the parts
+that have the expected shape, so one file's schema and semantic problems are reported together. Generator
+parameters are checked only for telemetry fields the schema accepted (``broken`` lists the schema error
+paths), because the generator checks expect well-typed parameters.
+
+Checks here: unique names, reserved field names, ``${var}`` templates, ``host``/``broker`` conflicts,
+command topics, behavior conditions, the raw payload field, the field type of built-in custom handlers,
+and generator semantics (delegated to ``iotix.generate.check_generator``, which also checks that the
+generator can feed the field's type: numbers for ``random``, an object for ``gps``, ``choice``/``constant``
+values of the field's type, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Any
+
+from iotix.behavior import ConditionError, TemplateError, compile_condition, compile_template
+from iotix.model.errors import Problem
+from iotix.model.schema_errors import PathParts, format_path, show
+
+#: Variables every template may use.
+BASE_VARIABLES: tuple[str, ...] = ("deviceId", "index", "modelId", "fleet", "seq", "ts")
+#: Variables of command topics (and ``connection.commandTopicPattern``).
+COMMAND_VARIABLES: tuple[str, ...] = (*BASE_VARIABLES, "command")
+#: Telemetry field names that would collide with payload keys or template variables.
+RESERVED_FIELD_NAMES: frozenset[str] = frozenset(BASE_VARIABLES)
+#: Field types the built-in custom handlers produce (other generator/type pairs: ``check_generator``).
+BUILTIN_HANDLER_FIELD_TYPES: dict[str, str] = {"ecg_generator": "binary"}
+
+# connection keys holding templates, with the variables they may use
+_CONNECTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "clientIdPattern": BASE_VARIABLES,
+    "topicPattern": BASE_VARIABLES,
+    "commandTopicPattern": COMMAND_VARIABLES,
+    "path": BASE_VARIABLES,
+    "url": BASE_VARIABLES,
+    "headers": BASE_VARIABLES,
+    "topic": BASE_VARIABLES,
+    "lastWill": BASE_VARIABLES,
+}
+
+_PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "string": (str,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def semantic_problems(data: dict[str, Any], base_dir: Path | None, broken: Collection[PathParts]) -> list[Problem]:
+    """Every semantic problem of ``data``; ``broken`` holds the paths the schema already rejected."""
+    return [
+        *_unique_names(data, "telemetry", "telemetry field"),
+        *_unique_names(data, "commands", "command"),
+        *_unique_names(data, "behaviors", "behavior"),
+        *_reserved_field_names(data),
+        *_connection_problems(data),
+        *_command_problems(data),
+        *_behavior_problems(data),
+        *_payload_problems(data),
+        *_generator_problems(data, base_dir, broken),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _entries(data: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(index, item)`` of the mappings in the list ``data[key]`` (anything else is skipped)."""
+    items = data.get(key)
+    if not isinstance(items, list):
+        return []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]
+
+
+def field_types(data: dict[str, Any]) -> dict[str, str]:
+    """Telemetry field name -> field type, for the well-formed fields (first one wins on duplicates)."""
+    types: dict[str, str] = {}
+    for _, item in _entries(data, "telemetry"):
+        name, field_type = item.get("name"), item.get("type")
+        if isinstance(name, str) and isinstance(field_type, str):
+            types.setdefault(name, field_type)
+    return types
+
+
+def _join(prefix: PathParts, relative: str) -> str:
+    """``telemetry[0].generator`` + ``max`` (or ``[1]``, or ``""``) -> one path string."""
+    base = format_path(prefix)
+    if not relative:
+        return base
+    return base + relative if relative.startswith("[") else f"{base}.{relative}"
+
+
+def _is_broken(prefix: PathParts, broken: Collection[PathParts]) -> bool:
+    return any(path[: len(prefix)] == prefix for path in broken)
+
+
+def template_problems(value: Any, parts: PathParts, allowed: Iterable[str]) -> list[Problem]:
+    """Unknown or malformed ``${var}`` in every string of ``value`` (recursing into objects and lists)."""
+    names = tuple(allowed)
+    if isinstance(value, str):
+        try:
+            compile_template(value, names)
+        except TemplateError as err:
+            return [(format_path(parts), err.reason)]
+        return []
+    problems: list[Problem] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problems += template_problems(key, (*parts, key), names)
+            problems += template_problems(item, (*parts, key), names)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problems += template_problems(item, (*parts, index), names)
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------------
+
+
+def _unique_names(data: dict[str, Any], key: str, what: str) -> list[Problem]:
+    """Each ``data[key][i].name`` must differ from the earlier ones."""
+    first_seen: dict[str, int] = {}
+    problems: list[Problem] = []
+    for index, item in _entries(data, key):
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in first_seen:
+            earlier = format_path((key, first_seen[name]))
+            problems.append((format_path((key, index, "name")), f"duplicate {what} name {show(name)} (also {earlier})"))
+        else:
+            first_seen[name] = index
+    return problems
+
+
+def _reserved_field_names(data: dict[str, Any]) -> list[Problem]:
+    """Field names may not shadow the payload keys and template variables."""
+    reserved = ", ".join(BASE_VARIABLES)
+    return [
+        (
+            format_path(("telemetry", index, "name")),
+            f"{show(item['name'])} is reserved (reserved names: {reserved})",
+        )
+        for index, item in _entries(data, "telemetry")
+        if item.get("name") in RESERVED_FIELD_NAMES
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Connection and commands
+# --------------------------------------------------------------------------------------------------
+
+
+def _connection_problems(data: dict[str, Any]) -> list[Problem]:
+    connection = data.get("connection")
+    if not isinstance(connection, dict):
+        return []
+    problems: list[Problem] = []
+    if "host" in connection and "broker" in connection:
+        problems.append(
+            (format_path(("connection", "broker")), "broker is an alias of host: give one of them, not both")
+        )
+    for key, allowed in _CONNECTION_TEMPLATES.items():
+        if key in connection:
+            problems += template_problems(connection[key], ("connection", key), allowed)
+    return problems
+
+
+def _command_problems(data: dict[str, Any]) -> list[Problem]:
+    connection = data.get("connection")
+    has_pattern = isinstance(connection, dict) and "commandTopicPattern" in connection
+    problems: list[Problem] = []
+    for index, command in _entries(data, "commands"):
+        for key in ("topic", "responseTopic"):
+            if key in command:
+                problems += template_problems(command[key], ("commands", index, key), COMMAND_VARIABLES)
+        if data.get("protocol") == "mqtt" and "topic" not in command and not has_pattern:
+            problems.append(
+                (
+                    format_path(("commands", index, "topic")),
+                    "required for protocol 'mqtt' when connection.commandTopicPattern is not set",
+                )
+            )
+        problems += _parameter_problems(command, index)
+    return problems
+
+
+def _parameter_problems(command: dict[str, Any], index: int) -> list[Problem]:
+    """Parameter names unique; a ``default`` of the parameter's type."""
+    problems = _unique_names(command, "parameters", "parameter")
+    problems = [(f"{format_path(('commands', index))}.{path}", message) for path, message in problems]
+    for position, parameter in _entries(command, "parameters"):
+        expected = _PARAMETER_TYPES.get(str(parameter.get("type")))
+        if expected is None or "default" not in parameter:
+            continue
+        default = parameter["default"]
+        bool_mismatch = isinstance(default, bool) and bool not in expected
+        if bool_mismatch or not isinstance(default, expected):
+            problems.append(
+                (
+                    format_path(("commands", index, "parameters", position, "default")),
+                    f"must be of the parameter's type {parameter['type']!r}, got {show(default)}",
+                )
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Behaviors
+# --------------------------------------------------------------------------------------------------
+
+
+def _behavior_problems(data: dict[str, Any]) -> list[Problem]:
+    fields = tuple(field_types(data))
+    action_variables = (*BASE_VARIABLES, *fields)
+    problems: list[Problem] = []
+    for index, behavior in _entries(data, "behaviors"):
+        condition = behavior.get("condition")
+        if isinstance(condition, str) and condition.strip():
+            problems += _condition_problems(condition, ("behaviors", index, "condition"), fields)
+        action = behavior.get("action")
+        if isinstance(action, dict):
+            for key in ("topic", "payload"):
+                if key in action:
+                    problems += template_problems(action[key], ("behaviors", index, "action", key), action_variables)
+    return problems
+
+
+def _condition_problems(condition: str, parts: PathParts, fields: tuple[str, ...]) -> list[Problem]:
+    try:
+        compile_condition(condition, fields)
+    except ConditionError as err:
+        message = str(err)
+        return [(format_path(parts), message[:1].lower() + message[1:])]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Payload
+# --------------------------------------------------------------------------------------------------
+
+
+def _payload_problems(data: dict[str, Any]) -> list[Problem]:
+    """``payload.field`` must name a binary field; ``raw`` needs one binary field to send."""
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        return []
+    types = field_types(data)
+    binary = [name for name, field_type in types.items() if field_type == "binary"]
+    listing = ", ".join(binary) or "none"
+    chosen = payload.get("field")
+    if isinstance(chosen, str):
+        if chosen not in types:
+            return [
+                (
+                    format_path(("payload", "field")),
+                    f"no telemetry field named {show(chosen)} (binary fields: {listing})",
+                )
+            ]
+        if types[chosen] != "binary":
+            return [
+                (
+                    format_path(("payload", "field")),
+                    f"must name a binary field, {show(chosen)} has type {types[chosen]!r} (binary fields: {listing})",
+                )
+            ]
+        return []
+    if payload.get("format") == "raw" and len(binary) != 1:
+        return [
+            (
+                format_path(("payload", "format")),
+                "format 'raw' needs exactly one binary telemetry field, or payload.field naming one; "
+                f"found {len(binary)} (binary fields: {listing})",
+            )
+        ]
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# Generators
+# --------------------------------------------------------------------------------------------------
+
+
+def _generator_problems(data: dict[str, Any], base_dir: Path | None, broken: Collection[PathParts]) -> list[Problem]:
+    """``iotix.generate.check_generator`` on each telemetry field the schema accepted."""
+    problems: list[Problem] = []
+    for index, item in _entries(data, "telemetry"):
+        if _is_broken(("telemetry", index), broken):
+            continue
+        generator, field_type = item["generator"], item["type"]
+        handler_type = _handler_field_type(generator)
+        if handler_type is not None and handler_type != field_type:
+            handler = generator["handler"]
+            message = f"handler {handler!r} produces {handler_type} values: use type {handler_type!r}"
+            problems.append((format_path(("telemetry", index, "type")), f"{message}, got {field_type!r}"))
+            field_type = handler_type  # check the parameters as if the type were right
+        prefix = ("telemetry", index, "generator")
+        for relative, message in _check_generator(generator, field_type, base_dir):
+            problems.append((_join(prefix, relative), message))
+    return problems
+
+
+def _handler_field_type(generator: dict[str, Any]) -> str | None:
+    """The field type a built-in custom handler needs, or None (not custom, or any type will do)."""
+    if generator.get("type") != "custom":
+        return None
+    return BUILTIN_HANDLER_FIELD_TYPES.get(str(generator.get("handler")))
+
+
+def _check_generator(spec: dict[str, Any], field_type: str, base_dir: Path | None) -> list[Problem]:
+    from iotix.generate import check_generator  # lazy: iotix.generate imports iotix.model
+
+    try:
+        return list(check_generator(spec, field_type, base_dir))
+    except Exception as exc:  # a bug in a checker must still end as a model problem, not a traceback
+        return [("", f"could not check the generator: {type(exc).__name__}: {exc}")]

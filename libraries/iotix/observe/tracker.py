@@ -1,0 +1,251 @@
+"""What arrived, per device: counts, sequence gaps (loss), duplicates, reordering and latency.
+
+Devices number the messages they hand to their transport (``seq`` in the envelope, from 0). A receiver
+feeds every envelope it collects into a :class:`TelemetryTracker`; :meth:`TelemetryTracker.report` then
+compares what arrived with what each device says it sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from iotix.observe.histogram import Histogram
+
+
+class DeviceTrack:
+    """Per-device receive state: a bitmap of the sequence numbers seen (one bit per message)."""
+
+    __slots__ = ("duplicates", "first_seq", "highest_seq", "out_of_order", "received", "seen")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.first_seq = -1
+        self.highest_seq = -1
+        self.seen = bytearray()
+
+    def add(self, seq: int) -> None:
+        self.received += 1
+        byte, bit = divmod(seq, 8)
+        seen = self.seen
+        if byte >= len(seen):
+            seen.extend(bytes(max(byte + 1 - len(seen), len(seen) // 2 + 16)))
+        mask = 1 << bit
+        if seen[byte] & mask:
+            self.duplicates += 1
+            return
+        seen[byte] |= mask
+        if self.first_seq < 0 or seq < self.first_seq:
+            self.first_seq = seq
+        if seq < self.highest_seq:
+            self.out_of_order += 1
+        else:
+            self.highest_seq = seq
+
+    def count_seen(self, start: int, stop: int) -> int:
+        """How many distinct sequence numbers in ``[start, stop)`` arrived."""
+        if stop <= start:
+            return 0
+        seen = self.seen
+        total = 0
+        first_full = (start + 7) // 8
+        last_full = stop // 8
+        if first_full >= last_full:  # a range within one or two partial bytes
+            for s in range(start, stop):
+                b = s >> 3
+                if b < len(seen) and seen[b] & (1 << (s & 7)):
+                    total += 1
+            return total
+        for s in range(start, first_full * 8):
+            if seen[s >> 3] & (1 << (s & 7)):
+                total += 1
+        chunk = bytes(seen[first_full:last_full])
+        total += int.from_bytes(chunk, "little").bit_count() if chunk else 0
+        for s in range(last_full * 8, stop):
+            b = s >> 3
+            if b < len(seen) and seen[b] & (1 << (s & 7)):
+                total += 1
+        return total
+
+    def missing(self, start: int, stop: int, limit: int = 10) -> list[int]:
+        out = []
+        seen = self.seen
+        for s in range(start, stop):
+            b = s >> 3
+            if b >= len(seen) or not seen[b] & (1 << (s & 7)):
+                out.append(s)
+                if len(out) >= limit:
+                    break
+        return out
+
+
+@dataclass
+class DeviceResult:
+    device_id: str
+    expected: int
+    received: int
+    lost: int
+    duplicates: int
+    out_of_order: int
+    first_missing: list[int] = field(default_factory=list)
+
+    @property
+    def loss_pct(self) -> float:
+        return 100.0 * self.lost / self.expected if self.expected else 0.0
+
+
+@dataclass
+class TelemetryReport:
+    """The comparison of what devices sent with what arrived."""
+
+    devices: list[DeviceResult]
+    latency: dict[str, Any]
+    unknown_devices: int = 0  # envelopes from device ids not asked about
+    invalid_messages: int = 0  # messages that were not an IoTix envelope
+
+    @property
+    def expected(self) -> int:
+        return sum(d.expected for d in self.devices)
+
+    @property
+    def received(self) -> int:
+        return sum(d.received for d in self.devices)
+
+    @property
+    def lost(self) -> int:
+        return sum(d.lost for d in self.devices)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(d.duplicates for d in self.devices)
+
+    @property
+    def out_of_order(self) -> int:
+        return sum(d.out_of_order for d in self.devices)
+
+    @property
+    def loss_pct(self) -> float:
+        return 100.0 * self.lost / self.expected if self.expected else 0.0
+
+    @property
+    def silent_devices(self) -> list[str]:
+        return [d.device_id for d in self.devices if d.received == 0]
+
+    def worst(self, n: int = 5) -> list[DeviceResult]:
+        bad = [d for d in self.devices if d.lost or d.duplicates or d.received == 0]
+        bad.sort(key=lambda d: (d.lost, d.expected - d.received, d.duplicates), reverse=True)
+        return bad[:n]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "devices": len(self.devices),
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.lost,
+            "lossPercent": round(self.loss_pct, 4),
+            "duplicates": self.duplicates,
+            "outOfOrder": self.out_of_order,
+            "silentDevices": len(self.silent_devices),
+            "invalidMessages": self.invalid_messages,
+            "latencyMs": self.latency,
+            "worstDevices": [
+                {
+                    "deviceId": d.device_id,
+                    "lost": d.lost,
+                    "received": d.received,
+                    "expected": d.expected,
+                    "duplicates": d.duplicates,
+                    "firstMissing": d.first_missing,
+                }
+                for d in self.worst()
+            ],
+        }
+
+
+class TelemetryTracker:
+    """Feeds on received envelopes; thread-confined to whoever feeds it (the runtime loop)."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.created_at = time.time()
+        self.devices: dict[str, DeviceTrack] = {}
+        self.latency = Histogram()
+        self.invalid = 0
+        self.total = 0
+
+    def record(self, device_id: str, seq: int, ts_ms: float | None, now: float | None = None) -> None:
+        """Record one envelope; ``now`` is the receive time in epoch seconds."""
+        self.total += 1
+        track = self.devices.get(device_id)
+        if track is None:
+            track = self.devices[device_id] = DeviceTrack()
+        if seq < 0:
+            self.invalid += 1
+            return
+        track.add(seq)
+        if ts_ms is not None:
+            latency = (now if now is not None else time.time()) - ts_ms / 1000.0
+            self.latency.record(max(latency, 0.0))
+
+    def record_envelope(self, envelope: Mapping[str, Any] | None, now: float | None = None) -> bool:
+        """Record a decoded envelope; False (counted as invalid) when it is not one."""
+        if not envelope:
+            self.invalid += 1
+            self.total += 1
+            return False
+        device_id, seq = envelope.get("deviceId"), envelope.get("seq")
+        if not isinstance(device_id, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            self.invalid += 1
+            self.total += 1
+            return False
+        ts = envelope.get("ts")
+        self.record(device_id, seq, ts if isinstance(ts, (int, float)) else None, now)
+        return True
+
+    def received_from(self, device_id: str) -> int:
+        track = self.devices.get(device_id)
+        return track.received - track.duplicates if track else 0
+
+    def report(self, expected: Mapping[str, tuple[int, int]] | Iterable[str]) -> TelemetryReport:
+        """Compare with what devices sent.
+
+        ``expected`` maps device id -> ``(first_seq, stop_seq)``: the device handed ``[first, stop)`` to its
+        transport while this tracker listened. Given only ids, every device is judged from the first to
+        the highest sequence number that arrived (losses at the end then go unseen).
+        """
+        if not isinstance(expected, Mapping):
+            expected = {d: (-1, -1) for d in expected}
+        results = []
+        for device_id, (first, last) in expected.items():
+            start, stop = first, last
+            track = self.devices.get(device_id)
+            if track is None:
+                n = max(stop - max(start, 0), 0)
+                results.append(
+                    DeviceResult(device_id, n, 0, n, 0, 0, list(range(max(start, 0), min(stop, max(start, 0) + 10))))
+                )
+                continue
+            if start < 0:
+                start = track.first_seq
+            if stop < 0:
+                stop = track.highest_seq + 1
+            stop = max(stop, start)
+            got = track.count_seen(start, stop)
+            lost = (stop - start) - got
+            results.append(
+                DeviceResult(
+                    device_id,
+                    stop - start,
+                    got,
+                    lost,
+                    track.duplicates,
+                    track.out_of_order,
+                    track.missing(start, stop) if lost else [],
+                )
+            )
+        unknown = sum(1 for d in self.devices if d not in expected)
+        return TelemetryReport(results, self.latency.summary(), unknown, self.invalid)

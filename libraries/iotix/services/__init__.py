@@ -1,0 +1,46 @@
+"""Real servers on 127.0.0.1 for demos and tests, started and stopped from Python.
+
+Every server runs as a :class:`ManagedProcess`: its own process group, output in a log file, stopped at exit.
+"""
+
+from iotix.services.mqtt_broker import (
+    BROKER_KINDS,
+    INSTALL_HINT,
+    MqttBroker,
+    amqtt_command,
+    available_broker_kinds,
+    find_mosquitto,
+    start_local_broker,
+)
+from iotix.services.process import (
+    LOCALHOST,
+    ManagedProcess,
+    ProcessStartError,
+    group_listens_on,
+    live_processes,
+    pick_free_port,
+    pick_port_candidates,
+    port_accepts,
+    start_with_port_retry,
+    stop_all,
+)
+
+__all__ = [
+    "BROKER_KINDS",
+    "INSTALL_HINT",
+    "LOCALHOST",
+    "ManagedProcess",
+    "MqttBroker",
+    "ProcessStartError",
+    "amqtt_command",
+    "available_broker_kinds",
+    "find_mosquitto",
+    "group_listens_on",
+    "live_processes",
+    "pick_free_port",
+    "pick_port_candidates",
+    "port_accepts",
+    "start_local_broker",
+    "start_with_port_retry",
+    "stop_all",
+]

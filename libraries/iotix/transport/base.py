@@ -1,0 +1,80 @@
+"""The transport interface: what every protocol adapter offers to the fleet layer.
+
+A :class:`Transport` belongs to one fleet and manages the connections of that fleet's devices. The fleet
+layer never branches on the protocol: it connects, sends, disconnects and drops through this interface,
+and the adapter reports back through the fleet's hooks (``connection_lost``, ``command_received``,
+``delivered``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any
+
+from iotix.errors import IoTixError
+
+if TYPE_CHECKING:
+    from iotix.fleet.device import Device
+    from iotix.fleet.fleet import Fleet
+
+
+class TransportError(IoTixError):
+    """A connection or send failed; the message names the target and the reason."""
+
+
+class Transport(ABC):
+    """Per-fleet protocol adapter. All methods run on the runtime loop."""
+
+    protocol: str = ""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    @property
+    def target(self) -> str:
+        """Where this transport sends, for messages (``mqtt://host:port``)."""
+        return ""
+
+    @abstractmethod
+    async def connect(self, device: Device) -> None:
+        """Open the device's connection; raise :class:`TransportError` with the reason on failure."""
+
+    @abstractmethod
+    def send(
+        self, device: Device, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
+    ) -> bool:
+        """Hand one message to the transport without blocking. False when it could not be handed over."""
+
+    @abstractmethod
+    def is_connected(self, device: Device) -> bool:
+        """Whether the device can send right now."""
+
+    @abstractmethod
+    async def disconnect(self, device: Device) -> None:
+        """Close the device's connection gracefully (no last will)."""
+
+    @abstractmethod
+    def drop(self, device: Device) -> None:
+        """Cut the device's connection abruptly, as a device losing power or network would."""
+
+    def periodic(self, now: float) -> None:  # noqa: B027 - optional hook
+        """Called about every 100 ms on the loop: keep-alives, health checks."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release fleet-wide resources (pools, sockets). Devices are already disconnected."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "target": self.target}
+
+
+def create_transport(fleet: Fleet) -> Transport:
+    """The adapter for the fleet's model protocol."""
+    protocol = fleet.model.protocol
+    if protocol == "mqtt":
+        from iotix.transport.mqtt import MqttTransport
+
+        return MqttTransport(fleet)
+    raise TransportError(
+        f"Fleet '{fleet.name}': protocol '{protocol}' of model '{fleet.model.id}' is not supported yet "
+        "(supported: mqtt)."
+    )

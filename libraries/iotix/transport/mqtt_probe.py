@@ -1,0 +1,255 @@
+"""An MQTT client for tests: subscribes, publishes and collects what arrives, on the runtime loop.
+
+It is what ``ProtocolClient`` keywords drive: every message on a subscription is kept (up to a bound) for
+``Wait Until Messages Received`` and fed to a :class:`~iotix.observe.tracker.TelemetryTracker`, which
+knows per device what arrived, what is missing and what came twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from iotix.encode import decode_envelope
+from iotix.observe.tracker import TelemetryTracker
+from iotix.transport.base import TransportError
+from iotix.transport.paho_driver import LoopClient
+
+log = logging.getLogger("iotix.probe")
+
+#: Messages kept per subscription; older ones are discarded (and counted) beyond this.
+MAX_KEPT = 200_000
+
+
+@dataclass(slots=True)
+class ReceivedMessage:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    received_at: float  # epoch seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        try:
+            text: str | None = self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        return {
+            "topic": self.topic,
+            "payload": text if text is not None else self.payload.hex(),
+            "qos": self.qos,
+            "retain": self.retain,
+            "receivedAt": self.received_at,
+        }
+
+
+@dataclass
+class Subscription:
+    topic: str
+    qos: int
+    messages: list[ReceivedMessage] = field(default_factory=list)
+    discarded: int = 0
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+
+    def add(self, msg: ReceivedMessage) -> None:
+        self.messages.append(msg)
+        if len(self.messages) > MAX_KEPT:
+            drop = len(self.messages) - MAX_KEPT
+            del self.messages[:drop]
+            self.discarded += drop
+        if self.waiters:
+            total = len(self.messages) + self.discarded
+            for n, fut in list(self.waiters):
+                if total >= n and not fut.done():
+                    fut.set_result(None)
+
+    @property
+    def total(self) -> int:
+        return len(self.messages) + self.discarded
+
+
+def _on_connect(client: LoopClient, probe: MqttProbe, flags: Any, reason_code: Any, properties: Any) -> None:
+    client.connack_received(reason_code)
+
+
+def _on_disconnect(client: LoopClient, probe: MqttProbe, flags: Any, reason_code: Any, properties: Any) -> None:
+    client.connection_failed(str(reason_code))
+    if not probe.closing:
+        probe.lost(str(reason_code))
+
+
+def _on_message(client: LoopClient, probe: MqttProbe, message: Any) -> None:
+    probe.received(message)
+
+
+def _on_subscribe(client: LoopClient, probe: MqttProbe, mid: int, reason_codes: Any, properties: Any) -> None:
+    probe.acked(mid, reason_codes)
+
+
+def _on_publish(client: LoopClient, probe: MqttProbe, mid: int, reason_code: Any, properties: Any) -> None:
+    probe.acked(mid, [reason_code])
+
+
+class MqttProbe:
+    """One test connection to a broker (an ``alias`` in the keywords)."""
+
+    def __init__(self, alias: str, client_id: str, *, mqtt_version: str = "3.1.1") -> None:
+        self.alias = alias
+        self.client_id = client_id
+        self.client = LoopClient(
+            asyncio.get_running_loop(), client_id, mqtt_version=mqtt_version, clean_session=True, userdata=self
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_connect = _on_connect
+        self.client.on_disconnect = _on_disconnect
+        self.client.on_message = _on_message
+        self.client.on_subscribe = _on_subscribe
+        self.client.on_publish = _on_publish
+        self.subscriptions: dict[str, Subscription] = {}
+        self.tracker = TelemetryTracker(alias)
+        self.closing = False
+        self.host = ""
+        self.port = 0
+        self.connected_at = 0.0
+        self.subscribed_at: float | None = None  # loop time of the first acknowledged subscription
+        self.errors: list[str] = []
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        self._on_message_hooks: list[Callable[[ReceivedMessage], None]] = []
+        self._reconnect_task: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        timeout: float = 10.0,
+    ) -> None:
+        self.host, self.port = host, port
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        await self.client.open(host, port, keepalive=keepalive, timeout=timeout)
+        self.connected_at = time.time()
+        log.info("probe '%s' connected to %s as '%s'", self.alias, self.target, self.client_id)
+
+    def lost(self, reason: str) -> None:
+        """The broker went away: note it and come back (subscriptions are renewed)."""
+        self.errors.append(f"connection to {self.target} lost: {reason}")
+        log.warning("probe '%s': connection to %s lost (%s); reconnecting", self.alias, self.target, reason)
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while not self.closing:
+            await asyncio.sleep(delay)
+            try:
+                await self.client.open(self.host, self.port, timeout=5.0)
+            except TransportError:
+                delay = min(delay * 2, 2.0)
+                continue
+            for sub in self.subscriptions.values():
+                self.client.subscribe(sub.topic, sub.qos)
+            self.client.kick()
+            log.info("probe '%s' reconnected to %s", self.alias, self.target)
+            return
+
+    async def _wait_ack(self, info_rc: Any, mid: int, what: str, timeout: float) -> Any:
+        if info_rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise TransportError(f"{what} failed on '{self.alias}': {mqtt.error_string(info_rc)}")
+        fut = self._acks.setdefault(mid, asyncio.get_running_loop().create_future())
+        self.client.kick()
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise TransportError(
+                f"{what} on '{self.alias}' was not acknowledged by {self.target} within {timeout:g} s"
+            ) from None
+        finally:
+            self._acks.pop(mid, None)
+
+    def acked(self, mid: int, reason_codes: Any) -> None:
+        fut = self._acks.get(mid)
+        if fut is None:
+            fut = self._acks[mid] = asyncio.get_running_loop().create_future()
+        if not fut.done():
+            fut.set_result(reason_codes)
+
+    async def subscribe(self, topic: str, qos: int = 0, timeout: float = 10.0) -> None:
+        if topic not in self.subscriptions:
+            self.subscriptions[topic] = Subscription(topic, qos)
+        rc, mid = self.client.subscribe(topic, qos)
+        codes = await self._wait_ack(rc, mid, f"subscribing to '{topic}'", timeout)
+        failed = [c for c in (codes or []) if getattr(c, "is_failure", False)]
+        if failed:
+            del self.subscriptions[topic]
+            raise TransportError(f"broker {self.target} refused the subscription to '{topic}': {failed[0]}")
+        if self.subscribed_at is None:
+            self.subscribed_at = asyncio.get_running_loop().time()
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, timeout: float = 10.0
+    ) -> None:
+        info = self.client.publish(topic, payload, qos, retain)
+        if qos == 0:
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise TransportError(f"publishing to '{topic}' failed on '{self.alias}': {mqtt.error_string(info.rc)}")
+            self.client.kick()
+            return
+        await self._wait_ack(info.rc, info.mid, f"publishing to '{topic}' (QoS {qos})", timeout)
+
+    def received(self, message: Any) -> None:
+        now = time.time()
+        msg = ReceivedMessage(message.topic, bytes(message.payload), message.qos, bool(message.retain), now)
+        topic = msg.topic
+        matched = False
+        for sub in self.subscriptions.values():
+            if sub.topic == topic or mqtt.topic_matches_sub(sub.topic, topic):
+                sub.add(msg)
+                matched = True
+        if matched and not msg.retain:
+            self.tracker.record_envelope(decode_envelope(msg.payload), now)
+
+    def subscription(self, topic: str) -> Subscription:
+        sub = self.subscriptions.get(topic)
+        if sub is None:
+            known = ", ".join(f"'{t}'" for t in self.subscriptions) or "none"
+            raise TransportError(
+                f"'{self.alias}' is not subscribed to '{topic}' (subscriptions: {known}); use Subscribe To Topic first."
+            )
+        return sub
+
+    async def wait_for(self, topic: str, count: int, timeout: float) -> list[ReceivedMessage]:
+        sub = self.subscription(topic)
+        if sub.total < count:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (count, fut)
+            sub.waiters.append(entry)
+            try:
+                async with asyncio.timeout(timeout):
+                    await fut
+            except TimeoutError:
+                pass
+            finally:
+                sub.waiters.remove(entry)
+        return list(sub.messages)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        self.client.close_gracefully()

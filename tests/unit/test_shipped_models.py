@@ -1,0 +1,173 @@
+"""The models shipped in ``models/`` load cleanly, follow the conventions, and the schema copies agree."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from iotix.model import DeviceModel, load_model, load_models
+from iotix.model.loader import model_files
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+PACKAGE_SCHEMA = ROOT / "libraries" / "iotix" / "model" / "schema" / "device-model.schema.json"
+EDITOR_SCHEMA = MODELS / "schema" / "device-model.schema.json"
+MODEL_FILES = list(model_files(MODELS))
+
+EXPECTED_IDS = {
+    "simple-temperature",
+    "environmental-sensor-v1",
+    "ecg-monitor-v1",
+    "replay-sensor-v1",
+    "industrial-gateway-v1",
+    "temperature-sensor",
+    "door-lock",
+    "camera",
+    "air-quality-monitor",
+    "thermostat",
+    "smart-meter",
+    "gps-tracker",
+    "smart-sensor-default",
+    "smart-sensor-high-frequency",
+    "smart-sensor-energy-efficient",
+    "smart-sensor-industrial",
+}
+
+
+def _raw(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    assert isinstance(data, dict)
+    return data
+
+
+def _models() -> dict[str, DeviceModel]:
+    return {model.id: model for model in load_models(MODELS)}
+
+
+def test_schema_copies_are_identical() -> None:
+    assert EDITOR_SCHEMA.read_bytes() == PACKAGE_SCHEMA.read_bytes(), (
+        "models/schema/device-model.schema.json must be an exact copy of "
+        "libraries/iotix/model/schema/device-model.schema.json"
+    )
+
+
+def test_schema_is_valid_draft_2020_12() -> None:
+    schema = json.loads(PACKAGE_SCHEMA.read_text(encoding="utf-8"))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+
+
+def _property_schemas(node: Any, where: str = "#") -> list[tuple[str, dict[str, Any]]]:
+    """Every (location, schema) listed under a ``properties`` keyword, recursively."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        for name, sub in node.get("properties", {}).items():
+            found.append((f"{where}/properties/{name}", sub))
+        for key, value in node.items():
+            found += _property_schemas(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            found += _property_schemas(item, f"{where}/{index}")
+    return found
+
+
+def test_schema_properties_are_documented_for_editors() -> None:
+    """Editors show ``description`` on completion; conditional branches only restate constraints."""
+    schema = json.loads(PACKAGE_SCHEMA.read_text(encoding="utf-8"))
+    undocumented = [
+        where
+        for where, sub in _property_schemas(schema)
+        if "description" not in sub
+        and "$ref" not in sub
+        and "/then/" not in where
+        and "/if/" not in where
+        and not where.endswith("/properties/type")  # the generator ``type: const`` of each branch
+    ]
+    assert undocumented == []
+
+
+def test_all_expected_models_are_shipped() -> None:
+    assert set(_models()) == EXPECTED_IDS
+    assert sum(1 for path in MODEL_FILES if path.suffix == ".json") >= 2
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=[p.name for p in MODEL_FILES])
+def test_shipped_model_loads(path: Path) -> None:
+    model = load_model(path)
+    assert model.id == path.stem
+    assert model.source == path
+    assert _raw(path)["$schema"] == "./schema/device-model.schema.json"
+    assert model.protocol == "mqtt"
+    assert model.connection["host"] == "localhost"
+    assert model.connection["port"] == 1883
+    assert model.connection["topicPattern"] == "iotix/${modelId}/${deviceId}/telemetry"
+    assert model.description
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=[p.name for p in MODEL_FILES])
+def test_shipped_model_is_valid_for_editors(path: Path) -> None:
+    """The file as an editor sees it (with ``$schema``) passes the raw JSON Schema."""
+    schema = json.loads(EDITOR_SCHEMA.read_text(encoding="utf-8"))
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(_raw(path))]
+    assert errors == []
+
+
+def test_ecg_monitor() -> None:
+    model = _models()["ecg-monitor-v1"]
+    ecg = model.get_field("ecg")
+    assert ecg.type == "binary" and ecg.interval_ms == 400
+    assert ecg.generator["handler"] == "ecg_generator"
+    assert ecg.generator["config"]["samples"] == 200 and ecg.generator["config"]["samplingRate"] == 500
+    heart_rate = model.get_field("heartRate")
+    assert heart_rate.type == "integer" and heart_rate.interval_ms == 1000
+    assert (heart_rate.generator["min"], heart_rate.generator["max"]) == (40, 180)
+    assert model.get_field("leadStatus").generator["values"] == ["connected", "lead_off"]
+    (alert,) = model.behaviors
+    assert alert.name == "arrhythmia-alert"
+    assert alert.condition == "heartRate > 120 || heartRate < 50"
+    assert "${heartRate}" in json.dumps(alert.action["payload"])
+    assert model.payload.format == "json" and model.payload.binary_encoding == "base64"
+
+
+def test_industrial_gateway() -> None:
+    model = _models()["industrial-gateway-v1"]
+    assert model.type == "gateway"
+    assert {c.name for c in model.commands} == {"reboot", "updateFirmware"}
+    update = next(c for c in model.commands if c.name == "updateFirmware")
+    assert {p["name"]: p["type"] for p in update.parameters} == {"version": "string", "url": "string"}
+    assert all(c.response_topic for c in model.commands)
+    assert [b.condition for b in model.behaviors] == ["cpuUsage > 90"]
+
+
+def test_smart_sensor_battery_drain_follows_the_profile() -> None:
+    models = _models()
+    drain = {
+        profile: models[f"smart-sensor-{profile}"].get_field("battery").generator["drainPerHour"]
+        for profile in ("high-frequency", "industrial", "default", "energy-efficient")
+    }
+    assert list(drain.values()) == sorted(drain.values(), reverse=True)
+    assert len(set(drain.values())) == 4
+    intervals = {
+        profile: models[f"smart-sensor-{profile}"].get_field("temperature").interval_ms
+        for profile in ("default", "high-frequency", "energy-efficient", "industrial")
+    }
+    assert intervals == {"default": 30_000, "high-frequency": 5_000, "energy-efficient": 300_000, "industrial": 10_000}
+
+
+def test_replay_data_file() -> None:
+    with (MODELS / "data" / "building-a-temperature.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["timestamp", "temperature", "humidity"]
+    assert 150 <= len(rows) <= 250
+    temperatures = [float(row["temperature"]) for row in rows]
+    assert 15 < min(temperatures) < max(temperatures) < 30
+    model = _models()["replay-sensor-v1"]
+    generator = model.get_field("temperature").generator
+    assert generator["dataFile"] == "data/building-a-temperature.csv" and generator["loop"] is True
