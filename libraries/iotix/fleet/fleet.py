@@ -260,15 +260,16 @@ class Fleet:
         if not device.scheduled:
             self._schedule(device)
 
-    def _schedule(self, device: Device) -> None:
+    def _schedule(self, device: Device, delay: float = 0.0) -> None:
+        """(Re)start the device's sends: each telemetry group first fires ``delay`` seconds from now."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        device.gen += 1
+        device.forget_schedule()
         device.scheduled = True
         if device.started_at == 0.0:
             device.started_at = now
         for group in range(len(self.groups)):
-            self.sim.scheduler.add(now, device, group, device.gen, self.fire)
+            self.sim.scheduler.add(now + delay, device, group, device.gen, self.fire)
 
     # -- sending ------------------------------------------------------------------------------------------
 
@@ -408,6 +409,8 @@ class Fleet:
             if ms < 10:
                 return "error", f"intervalMs must be >= 10, got {ms:g}"
             device.interval_override_s = ms / 1000.0
+            if device.scheduled:  # apply now, not after the next reading at the old interval
+                self._schedule(device, delay=device.interval_override_s)
             return "ok", f"interval set to {ms:g} ms"
         return "ok", "accepted"
 

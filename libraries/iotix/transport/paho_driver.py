@@ -17,6 +17,7 @@ wake-up; paho is pinned below 3.0 and the integration tests exercise them.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import struct
@@ -153,7 +154,8 @@ class LoopClient(mqtt.Client):
             raise TransportError(f"no answer from broker {target} within {timeout:g} s") from None
         except OSError as err:
             sock.close()
-            raise TransportError(f"cannot reach broker {target}: {err.strerror or err}") from None
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            raise TransportError(f"cannot reach broker {target}: {reason}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pending_sock = sock
         self._connack = loop.create_future()
