@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from iotix.fleet.simulator import Simulator
 
 log = logging.getLogger("iotix.fleet")
+_RUNNING = DeviceState.RUNNING
+_RECONNECTING = DeviceState.RECONNECTING
 
 #: The error list of a fleet keeps this many background errors for the next keyword to report.
 MAX_PENDING_ERRORS = 20
@@ -279,40 +281,45 @@ class Fleet:
         if device.interval_override_s is not None:
             interval = device.interval_override_s
         state = device.state
-        if state is DeviceState.RUNNING or state is DeviceState.RECONNECTING:
+        if state is _RUNNING or state is _RECONNECTING:
             self.lateness.record(now - due)
             values = device.values.sample(names, due - device.started_at)
             if self.behaviors:
                 self._run_behaviors(device, values)
-            ts_ms = int(time.time() * 1000)
-            if not self.sendable[group]:
-                pass
-            elif state is DeviceState.RUNNING and self.transport.is_connected(device):
-                self._send_values(device, values, ts_ms)
-            elif self.qos > 0 and self.options.offline_queue_size:
-                queue = device.offline_queue
-                if queue is None:
-                    queue = device.offline_queue = deque()
-                if len(queue) < self.options.offline_queue_size:
-                    queue.append((ts_ms, group, values))
-                    device.queued += 1
+            if self.sendable[group]:
+                ts_ms = self.sim.scheduler.wall_ms
+                if state is _RUNNING and self._send_values(device, values, ts_ms):
+                    pass
+                elif self.qos > 0 and self.options.offline_queue_size:
+                    self._queue_offline(device, ts_ms, group, values)
                 else:
                     device.dropped += 1
-            else:
-                device.dropped += 1
         nxt = due + interval
         if nxt < now:  # fell behind by more than an interval (a stall): skip, do not burst
             nxt = now + interval
         return nxt
 
+    def _queue_offline(self, device: Device, ts_ms: int, group: int, values: dict[str, Any]) -> None:
+        """Keep a QoS 1/2 reading for after the reconnect; a full queue drops it (counted)."""
+        queue = device.offline_queue
+        if queue is None:
+            queue = device.offline_queue = deque()
+        if len(queue) < self.options.offline_queue_size:
+            queue.append((ts_ms, group, values))
+            device.queued += 1
+        else:
+            device.dropped += 1
+
     def _send_values(self, device: Device, values: dict[str, Any], ts_ms: int) -> bool:
+        """Encode with the next ``seq`` and hand over; the seq is used only if the transport took it."""
         payload = self.encoder(device.id, device.seq, ts_ms, values)
         if self.transport.send(device, payload, device.topic):
             device.seq += 1
             device.sent += 1
             device.bytes_sent += len(payload)
             return True
-        device.failed += 1
+        if device.state is not _RUNNING or self.qos == 0:
+            device.failed += 1
         return False
 
     def _flush_offline(self, device: Device) -> None:

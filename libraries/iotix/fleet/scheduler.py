@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,7 @@ class Scheduler:
         self._last_run = 0.0
         self.fired = 0
         self.errors = 0
+        self.wall_ms = int(time.time() * 1000)  # wall clock (epoch ms) at the start of the current run
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -88,6 +90,7 @@ class Scheduler:
         self._handle = None
         self._armed_at = float("inf")
         now = self._loop.time()
+        self.wall_ms = int(time.time() * 1000)
         self._last_run = now
         horizon = now + self._tick / 2
         heap, entries, free = self._heap, self._entries, self._free

@@ -46,7 +46,17 @@ class Histogram:
         self.max = -math.inf
 
     def record(self, seconds: float) -> None:
-        self._counts[_index(int(seconds * 1_000_000))] += 1
+        us = int(seconds * 1_000_000)
+        if us < _LINEAR:
+            index = us if us > 0 else 0
+        else:
+            exp = us.bit_length() - 1
+            index = (
+                _LINEAR + (exp - 6) * _SUB + ((us >> (exp - _SUB_BITS)) & (_SUB - 1))
+                if exp < _MAX_EXP
+                else len(self._counts) - 1
+            )
+        self._counts[index] += 1
         self.count += 1
         self.total += seconds
         self.min = min(self.min, seconds)

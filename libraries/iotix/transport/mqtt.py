@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotix.transport.mqtt")
 OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-#: Fraction of the fleet's clients whose keep-alive is processed per ``periodic`` call (every ~100 ms).
-MISC_SLICES = 10
+#: ``periodic`` runs about every 100 ms; keep-alive checks visit every client once per quarter keep-alive
+#: period (at most every 5 s), a slice at a time, so 10,000 clients cost a few hundred calls a second.
+PERIODIC_S = 0.1
 
 
 def _on_connect(client: LoopClient, device: Device, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -214,10 +215,11 @@ class MqttTransport(Transport):
         n = len(devices)
         if not n:
             return
-        chunk = max(1, -(-n // MISC_SLICES))
+        sweep_s = min(5.0, max(PERIODIC_S, self.keepalive / 4))
+        chunk = max(1, -(-n * PERIODIC_S // sweep_s))
         start = self._misc_cursor % n
-        for device in devices[start : start + chunk]:
+        for device in devices[start : start + int(chunk)]:
             client = device.conn
             if client is not None and client._sock is not None:
                 client.misc()
-        self._misc_cursor = start + chunk
+        self._misc_cursor = start + int(chunk)

@@ -77,6 +77,41 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
+class Corker:
+    """Collects clients with corked QoS 0 packets and flushes them all once per loop iteration."""
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[LoopClient] = []
+        self._scheduled = False
+
+    def add(self, client: LoopClient) -> None:
+        self._dirty.append(client)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for client in dirty:
+            client.flush_pending()
+
+
+_corkers: dict[asyncio.AbstractEventLoop, Corker] = {}
+
+
+def corker_for(loop: asyncio.AbstractEventLoop) -> Corker:
+    corker = _corkers.get(loop)
+    if corker is None:
+        for old in [lp for lp in _corkers if lp.is_closed()]:
+            del _corkers[old]
+        corker = _corkers[loop] = Corker(loop)
+    return corker
+
+
 class LoopClient(mqtt.Client):
     """A paho client whose socket lives on an asyncio loop. Use only from that loop's thread."""
 
@@ -101,6 +136,8 @@ class LoopClient(mqtt.Client):
         self._pending_sock: socket.socket | None = None
         self._writer_on = False
         self.fast_topic: bytes | None = None  # the owner's cached topic_field() of its telemetry topic
+        self._pending: bytes | bytearray | None = None  # corked QoS 0 packets (see Corker)
+        self._corker = corker_for(loop)
         self._clean_start = clean_session
         self._connack: asyncio.Future[Any] | None = None
         self.on_socket_open = _on_socket_open
@@ -212,12 +249,11 @@ class LoopClient(mqtt.Client):
     def publish_qos0(self, topic_field: bytes, payload: bytes) -> bool:
         """Send a QoS 0 PUBLISH without paho's per-message bookkeeping (the hot path of a fleet).
 
-        QoS 0 needs no message id, no retry and no acknowledgement, so the packet is built here and
-        written straight to the socket; whatever the kernel does not take goes to paho's output queue,
-        and while that queue is not empty every packet goes behind it, so order is kept.
+        QoS 0 needs no message id, no retry and no acknowledgement, so the packet is built here. It is
+        corked: packets of one loop iteration are written together right after it (see :class:`Corker`),
+        so a device that sends several messages in one scheduler tick costs one system call, not several.
         """
-        sock = self._sock
-        if sock is None or self._state != _CONNECTED:
+        if self._sock is None or self._state != _CONNECTED:
             return False
         n = len(topic_field) + len(payload)
         if n < 128:
@@ -226,20 +262,35 @@ class LoopClient(mqtt.Client):
             packet = bytes((0x30, (n & 0x7F) | 0x80, n >> 7)) + topic_field + payload
         else:
             packet = b"\x30" + _remaining_length(n) + topic_field + payload
+        pending = self._pending
+        if pending is None:
+            self._pending = packet
+            self._corker.add(self)
+        elif pending.__class__ is bytes:
+            self._pending = bytearray(pending) + packet
+        else:
+            pending += packet
+        return True
+
+    def flush_pending(self) -> None:
+        """Write the corked packets; what the kernel does not take goes behind paho's queue, in order."""
+        data, self._pending = self._pending, None
+        sock = self._sock
+        if not data or sock is None:
+            return  # the connection went away: the packets are lost in transit, as on a real network
         if self._out_packet:
-            self._packet_queue(0, packet, 0, 0)
+            self._packet_queue(0, bytes(data), 0, 0)
             self.kick()
-            return True
+            return
         try:
-            sent = sock.send(packet)
+            sent = sock.send(data)
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
         except OSError:
-            return False  # the connection is broken; the reader reports it
-        if sent < len(packet):
-            self._packet_queue(0, packet[sent:], 0, 0)
+            return  # broken connection; the reader reports it
+        if sent < len(data):
+            self._packet_queue(0, bytes(data[sent:]), 0, 0)
             self.kick()
-        return True
 
     def kick(self) -> None:
         """Register a writer when paho has bytes the socket did not take."""

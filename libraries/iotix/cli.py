@@ -1,0 +1,347 @@
+"""The ``iotix`` console command: check device models and preview what their devices send.
+
+``iotix validate PATH...``
+    Validate model files and folders (folders recursively, as :func:`iotix.model.load_models` reads them).
+    One ``ok`` line per valid model, the full error of every invalid file; exit 0 when all are valid, 1 when
+    any is not, 2 for a usage error.
+
+``iotix sample MODEL [--count N] [--seed S] [--device-id ID] [--start-ts MS] [--models DIR]``
+    Print the payloads one device of the model would send, one JSON object per line, in send order, on a
+    simulated clock: the same arguments always print the same bytes.
+
+Problems are reported as messages, never as tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import heapq
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from iotix import __version__
+from iotix.errors import IoTixError, NotFoundError
+from iotix.model.errors import ROOT, ModelError, ModelNotFoundError
+from iotix.model.loader import MODEL_SUFFIXES, load_model, model_files
+from iotix.model.types import DeviceModel
+
+__all__ = ["DEFAULT_START_TS", "main", "sample_payloads"]
+
+#: ``ts`` of the first reading printed by ``iotix sample`` unless ``--start-ts`` is given (2023-11-14 22:13:20
+#: UTC): a fixed value keeps the output reproducible.
+DEFAULT_START_TS = 1_700_000_000_000
+
+#: Where ``iotix sample`` looks for a model given by id, unless ``--models`` is given.
+DEFAULT_MODELS_DIR = Path("models")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iotix",
+        description="IoTix: check device models and preview the telemetry their devices send.",
+    )
+    parser.add_argument("--version", action="version", version=f"iotix {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    validate = commands.add_parser(
+        "validate",
+        help="validate model files and folders",
+        description=(
+            "Validate device model files (.json, .yaml, .yml). A folder is searched recursively, skipping "
+            "'schema' and 'data' folders and names starting with '.' or '_'; two files of one folder "
+            "defining the same id are an error. Exit status: 0 all valid, 1 something invalid or missing, "
+            "2 usage error."
+        ),
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="a model file or a folder of models")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print only the errors")
+
+    sample = commands.add_parser(
+        "sample",
+        help="print the payloads a device of a model would send",
+        description=(
+            "Print the first N payloads one device of MODEL would send, one JSON object per line, in send "
+            "order on a simulated clock (every telemetry group sends at t=0, then every intervalMs). "
+            "JSON payloads are printed as sent; CBOR payloads decoded, with binary values in base64; raw "
+            'payloads as {"deviceId", "seq", "ts", "raw": <base64>}. The same arguments always print the '
+            "same output."
+        ),
+    )
+    sample.add_argument("model", metavar="MODEL", help="a model file, or the id of a model in the models folder")
+    sample.add_argument("-n", "--count", type=_non_negative_int, default=5, help="payloads to print (default 5)")
+    sample.add_argument("--seed", default="0", help="seed of the generated values (default 0)")
+    sample.add_argument("--device-id", metavar="ID", help="device id (default '<model id>-0')")
+    sample.add_argument(
+        "--start-ts",
+        metavar="MS",
+        type=_non_negative_int,
+        default=DEFAULT_START_TS,
+        help=f"epoch milliseconds of the first reading (default {DEFAULT_START_TS})",
+    )
+    sample.add_argument(
+        "--models",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help="folder searched for a MODEL given by id (default ./models)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``iotix`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors: argparse has printed what it had to
+        code = exit_.code
+        if code is None:
+            return EXIT_OK
+        return code if isinstance(code, int) else EXIT_USAGE
+    if args.command == "validate":
+        return _validate_command(args.paths, quiet=args.quiet, out=sys.stdout)
+    return _sample_command(args, out=sys.stdout, err=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# iotix validate
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    valid: int = 0
+    invalid: int = 0
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _describe(model: DeviceModel) -> str:
+    return f"id {model.id}, {model.protocol}, {_plural(len(model.telemetry), 'field')}"
+
+
+def _load_for_report(path: Path) -> DeviceModel | ModelError:
+    """The model in ``path``, or the error saying why it cannot be loaded (never raises)."""
+    try:
+        return load_model(path)
+    except ModelError as err:
+        return err
+    except Exception as err:  # a bug in a checker or a custom handler: still a report, not a traceback
+        return ModelError(path, [(ROOT, f"unexpected error while loading: {err!r}")])
+
+
+def _files_of(path: Path) -> list[Path] | ModelError:
+    """The model files ``path`` stands for (itself, or those of a folder tree), or why there are none."""
+    if not path.exists():
+        return ModelNotFoundError(path, [(ROOT, "no such file or folder")])
+    if not path.is_dir():
+        return [path]
+    try:
+        files = list(model_files(path))
+    except OSError as err:
+        return ModelError(path, [(ROOT, f"cannot read the folder: {err.strerror or err}")])
+    if not files:
+        suffixes = ", ".join(f"*{s}" for s in MODEL_SUFFIXES)
+        return ModelNotFoundError(path, [(ROOT, f"no model files ({suffixes}) in this folder")])
+    return files
+
+
+def _validate_path(path: Path, quiet: bool, out: TextIO, tally: _Tally) -> None:
+    """Report every model file of ``path``; ids defined twice within the path are errors (as in load_models)."""
+    files = _files_of(path)
+    if isinstance(files, ModelError):
+        print(files, file=out)
+        tally.invalid += 1
+        return
+    seen: dict[str, Path] = {}
+    for file in files:
+        result = _load_for_report(file)
+        if isinstance(result, DeviceModel) and result.id in seen:
+            result = ModelError(
+                file, [("id", f"duplicate model id {result.id!r}: already defined in '{seen[result.id]}'")]
+            )
+        if isinstance(result, ModelError):
+            print(result, file=out)
+            tally.invalid += 1
+            continue
+        seen[result.id] = file
+        tally.valid += 1
+        if not quiet:
+            print(f"ok  {file}  ({_describe(result)})", file=out)
+
+
+def _validate_command(paths: Sequence[str], *, quiet: bool, out: TextIO) -> int:
+    """``iotix validate``: report every path, then a summary line (unless ``quiet``)."""
+    tally = _Tally()
+    for raw in paths:
+        _validate_path(Path(raw), quiet, out, tally)
+    if not quiet:
+        total = tally.valid + tally.invalid
+        print(f"{_plural(total, 'model file')} checked: {tally.valid} valid, {tally.invalid} invalid", file=out)
+    return EXIT_FAILED if tally.invalid else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# iotix sample
+# --------------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or Path(text).suffix.lower() in MODEL_SUFFIXES
+
+
+def _find_model(spec: str, models_dir: Path) -> DeviceModel:
+    """The model in file ``spec``, or the model with id ``spec`` in ``models_dir``.
+
+    Raises :class:`ModelError` (the file's own error, or that of the file named after the id), or
+    :class:`NotFoundError` listing the ids there are.
+    """
+    path = Path(spec)
+    if path.is_file() or _looks_like_path(spec):
+        return load_model(path)
+    if not models_dir.is_dir():
+        raise NotFoundError(
+            f"no model file '{spec}', and no models folder '{models_dir}' to look up a model with this id "
+            "(give a model file or --models DIR)"
+        )
+    files = sorted(model_files(models_dir), key=lambda f: f.stem != spec)  # the file named after the id first
+    known: list[str] = []
+    broken: list[ModelError] = []
+    for file in files:
+        try:
+            model = load_model(file)
+        except ModelError as err:
+            if file.stem == spec:  # most likely the model asked for: its problems are the answer
+                raise
+            broken.append(err)
+            continue
+        if model.id == spec:
+            return model
+        known.append(model.id)
+    listing = ", ".join(sorted(known)) or "none"
+    message = f"no model file '{spec}' and no model with id '{spec}' in '{models_dir}' (ids there: {listing})"
+    if broken:
+        message += f"; {_plural(len(broken), 'file')} there could not be loaded: " + ", ".join(
+            str(err.source) for err in broken
+        )
+    raise NotFoundError(message)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with every ``bytes`` turned into base64 text (containers copied)."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _to_json_line(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _schedule(groups: Sequence[tuple[int, tuple[str, ...]]]) -> Iterator[tuple[int, int]]:
+    """``(due_ms, group index)`` of a device's readings, forever, in the order the fleet fires them.
+
+    Every group is due at 0, then every ``interval_ms``; equal due times fire in group order (the fleet's
+    scheduler breaks ties by the slot, allocated in group order). Integer milliseconds keep ties exact.
+    """
+    heap = [(0, index) for index in range(len(groups))]
+    heapq.heapify(heap)
+    while heap:
+        due, index = heapq.heappop(heap)
+        yield due, index
+        heapq.heappush(heap, (due + groups[index][0], index))
+
+
+def sample_payloads(
+    model: DeviceModel, count: int, *, seed: int | str | None = 0, device_id: str | None = None, start_ts: int = 0
+) -> list[str]:
+    """The first ``count`` payloads a device of ``model`` sends, as JSON lines (see ``iotix sample --help``).
+
+    The device's logical clock starts at 0 with ``ts = start_ts``; readings are sampled in the fleet's
+    order, including groups a raw payload does not send (they advance the device's random stream, as in a
+    running fleet, but are not printed and take no ``seq``).
+    """
+    from iotix.encode import decode_envelope, make_encoder
+    from iotix.generate import DeviceValues
+
+    device = device_id if device_id is not None else f"{model.id}-0"
+    values = DeviceValues(model, device, seed)
+    encode = make_encoder(model)
+    groups = values.groups
+    fmt = model.payload.format
+    raw_field = model.payload.field if fmt == "raw" else None
+    sendable = [raw_field is None or raw_field in names for _, names in groups]
+    if count and not any(sendable):  # the loader rules this out; do not loop forever if it ever happens
+        raise IoTixError(f"model '{model.id}': no telemetry group contains the raw payload field '{raw_field}'")
+    lines: list[str] = []
+    seq = 0
+    schedule = _schedule(groups)
+    while len(lines) < count:
+        due_ms, index = next(schedule)
+        sample = values.sample(groups[index][1], due_ms / 1000.0)
+        if not sendable[index]:
+            continue
+        ts = start_ts + due_ms
+        payload = encode(device, seq, ts, sample)
+        if fmt == "json":
+            lines.append(payload.decode("utf-8"))
+        elif fmt == "cbor":
+            lines.append(_to_json_line(_jsonable(decode_envelope(payload))))
+        else:
+            lines.append(_to_json_line({"deviceId": device, "seq": seq, "ts": ts, "raw": _jsonable(payload)}))
+        seq += 1
+    return lines
+
+
+def _sample_command(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
+    """``iotix sample``: payload lines on ``out``; a model or generator problem on ``err``, exit 1."""
+    try:
+        model = _find_model(args.model, args.models)
+        lines = sample_payloads(model, args.count, seed=args.seed, device_id=args.device_id, start_ts=args.start_ts)
+    except IoTixError as error:  # ModelError, configuration problems of the model or a custom handler
+        print(f"iotix sample: {error}", file=err)
+        return EXIT_FAILED
+    except OSError as error:
+        print(f"iotix sample: {error}", file=err)
+        return EXIT_FAILED
+    except Exception as error:  # a bug in a generator or a custom handler: a message, not a traceback
+        print(f"iotix sample: unexpected error: {error!r}", file=err)
+        return EXIT_FAILED
+    for line in lines:
+        print(line, file=out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
