@@ -117,7 +117,6 @@ class Fleet:
         self.connection: dict[str, Any] = dict(connection if connection is not None else model.connection)
         self.credentials = credentials or Credentials(self.connection.get("username"), self.connection.get("password"))
         self.options = options or FleetOptions()
-        self.encoder = make_encoder(model)
         self.devices: list[Device] = []
         self.by_id: dict[str, Device] = {}
         for index, device_id in enumerate(device_ids):
@@ -132,6 +131,7 @@ class Fleet:
         self.sendable = [raw_field is None or raw_field in names for _, names in self.groups]
         self.qos = int(self.connection.get("qos", 0))
         self.transport = create_transport(self)
+        self.encoder = self.transport.make_encoder() or make_encoder(model)
         names = list(model.field_names)
         self.behaviors = [
             (

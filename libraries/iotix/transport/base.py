@@ -2,13 +2,24 @@
 
 A :class:`Transport` belongs to one fleet and manages the connections of that fleet's devices. The fleet
 layer never branches on the protocol: it connects, sends, disconnects and drops through this interface,
-and the adapter reports back through the fleet's hooks (``connection_lost``, ``command_received``,
-``delivered``).
+and the adapter reports back through the fleet's hooks:
+
+- ``fleet.connection_lost(device, reason)``: an established connection went away unexpectedly (the fleet
+  reconnects with backoff);
+- ``fleet.delivery_failed(device, reason)``: a message that ``send`` accepted was not delivered (counted in
+  ``messagesFailed``, the reason becomes the device's last error);
+- ``device.acked += 1``: the target acknowledged a message (QoS 1/2 PUBACK, HTTP 2xx, CoAP ACK);
+- ``fleet.command_received(device, name, payload, where)``: a command arrived for the device.
+
+``send`` never blocks: request-based adapters (HTTP, CoAP) start the request in a task and report the
+outcome through those hooks. A message counts as sent (``messagesSent``, and the envelope's ``seq``) when
+``send`` accepted it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from iotix.errors import IoTixError
@@ -56,6 +67,14 @@ class Transport(ABC):
     @abstractmethod
     def drop(self, device: Device) -> None:
         """Cut the device's connection abruptly, as a device losing power or network would."""
+
+    def make_encoder(self) -> Callable[[str, int, int, dict[str, Any]], bytes] | None:
+        """A protocol-specific payload encoder ``(device_id, seq, ts_ms, values) -> bytes``.
+
+        None (the default) means the model's payload format (:func:`iotix.encode.make_encoder`). A
+        request-based adapter whose API prescribes a body (IoTFlow's telemetry JSON) returns its own.
+        """
+        return None
 
     def periodic(self, now: float) -> None:  # noqa: B027 - optional hook
         """Called about every 100 ms on the loop: keep-alives, health checks."""
