@@ -10,6 +10,7 @@ from robot.api.deco import keyword, library
 
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import seconds
+from iotix.errors import ConfigurationError
 from iotix.fleet.device import DeviceState
 from iotix.fleet.timeline import DropoutSettings, DropoutStrategy
 
@@ -57,17 +58,23 @@ class Chaos:
         | ...    reconnect=True    reconnect_delay=5s    seed=7
         """
         f = self._ctx.simulator.fleet(fleet)
-        settings = DropoutSettings(
-            strategy=strategy,
-            count=count,
-            percentage=percentage,
-            delay_ms=seconds(delay) * 1000,
-            duration_ms=seconds(duration) * 1000,
-            exponent_base=exponent_base,
-            reconnect=reconnect,
-            reconnect_delay_ms=seconds(reconnect_delay) * 1000,
-        )
-        ids = self._ctx.call(f.start_dropout, settings, seed)
+        try:
+            settings = DropoutSettings(
+                strategy=strategy,
+                count=count,
+                percentage=percentage,
+                delay_ms=seconds(delay) * 1000,
+                duration_ms=seconds(duration) * 1000,
+                exponent_base=exponent_base,
+                reconnect=reconnect,
+                reconnect_delay_ms=seconds(reconnect_delay) * 1000,
+            )
+            ids = self._ctx.call(f.start_dropout, settings, seed)
+        except ConfigurationError as err:
+            message = str(err)
+            if not message.startswith(f"Fleet '{fleet}'"):
+                message = f"Fleet '{fleet}': {message}"
+            raise KeywordError(message) from None
         logger.info(
             f"Fleet '{fleet}': dropping {len(ids)} devices ({strategy.value}"
             f"{', reconnecting' if reconnect else ''}): {', '.join(ids[:10])}{' ...' if len(ids) > 10 else ''}"

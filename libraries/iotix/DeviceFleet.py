@@ -15,7 +15,7 @@ from robot.api.types import Secret
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import neutralise_cell, seconds
 from iotix.errors import ConfigurationError
-from iotix.fleet.device import DeviceState
+from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.fleet import Credentials, Fleet, FleetOptions, format_device_id
 from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
 from iotix.model.types import DeviceModel
@@ -214,13 +214,16 @@ class DeviceFleet:
         | Start Fleet    env    strategy=batch    batch_size=100    delay=1s
         """
         fleet = self._fleet(name)
-        settings = LaunchSettings(
-            strategy=strategy,
-            delay_ms=seconds(delay) * 1000,
-            batch_size=batch_size,
-            max_delay_ms=seconds(max_delay) * 1000,
-            exponent_base=exponent_base,
-        )
+        try:
+            settings = LaunchSettings(
+                strategy=strategy,
+                delay_ms=seconds(delay) * 1000,
+                batch_size=batch_size,
+                max_delay_ms=seconds(max_delay) * 1000,
+                exponent_base=exponent_base,
+            )
+        except ConfigurationError as err:
+            raise KeywordError(f"Fleet '{name}': {err}") from None
         self._ctx.call(fleet.start, settings)
         logger.info(f"Fleet '{name}': launch of {len(fleet.devices)} devices scheduled ({strategy.value}).")
 
@@ -257,7 +260,10 @@ class DeviceFleet:
             reasons: dict[str, list[str]] = {}
             for d in fleet.devices:
                 if d.state is not DeviceState.RUNNING:
-                    reasons.setdefault(d.last_error or f"still {d.state.value}", []).append(d.id)
+                    reason = d.last_error or f"still {d.state.value}"
+                    # Group devices that failed the same way: without the device's own name in the reason.
+                    reason = reason.removeprefix(f"device '{d.id}': ")
+                    reasons.setdefault(reason, []).append(d.id)
             return fleet.count_states(), reasons
 
         states, reasons = self._ctx.call(collect)
@@ -273,7 +279,7 @@ class DeviceFleet:
         )
         for reason, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1]))[:3]:
             sample = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-            parts.append(f"{reason}: {sample}.")
+            parts.append(f"{len(ids)} device{'s' if len(ids) != 1 else ''} ({sample}): {reason}.")
         return " ".join(parts)
 
     @keyword
@@ -341,19 +347,30 @@ class DeviceFleet:
 
         | Set Telemetry Override    ecg-0    heartRate    130
         """
+        device = self._device_with_field(device_id, field)
+        try:
+            self._ctx.call(device.values.set_override, field, value)
+        except ConfigurationError as err:
+            field_type = device.fleet.model.get_field(field).type
+            raise KeywordError(
+                f"Cannot override '{field}' of device '{device_id}' with {value!r}: {err} "
+                f"(the field is of type {field_type})."
+            ) from None
+
+    @keyword
+    def clear_telemetry_override(self, device_id: str, field: str) -> None:
+        """Lets ``field`` of a device follow its generator again (nothing happens if it has no override)."""
+        device = self._device_with_field(device_id, field)
+        self._ctx.call(device.values.clear_override, field)
+
+    def _device_with_field(self, device_id: str, field: str) -> Device:
         device = self._ctx.simulator.find_device(device_id)
         if field not in device.fleet.model.field_names:
             raise KeywordError(
                 f"Device '{device_id}' (model '{device.fleet.model.id}') has no telemetry field "
                 f"'{field}'; fields: {', '.join(device.fleet.model.field_names)}."
             )
-        self._ctx.call(device.values.set_override, field, value)
-
-    @keyword
-    def clear_telemetry_override(self, device_id: str, field: str) -> None:
-        """Lets ``field`` of a device follow its generator again."""
-        device = self._ctx.simulator.find_device(device_id)
-        self._ctx.call(device.values.clear_override, field)
+        return device
 
     @keyword
     def get_received_commands(self, device_id: str) -> list[dict[str, Any]]:
@@ -422,19 +439,27 @@ class DeviceFleet:
 
         def rebuild() -> Fleet:
             old = sim.fleets.pop(fleet_name)
-            return sim.create_fleet(
-                fleet_name,
-                m,
-                ids,
-                seed=seed,
-                connection=old.connection,
-                credentials=old.credentials,
-                options=old.options,
-            )
+            try:
+                return sim.create_fleet(
+                    fleet_name,
+                    m,
+                    ids,
+                    seed=seed,
+                    connection=old.connection,
+                    credentials=old.credentials,
+                    options=old.options,
+                )
+            except Exception:
+                sim.fleets[fleet_name] = old
+                raise
 
-        fleet = self._ctx.call(rebuild)
+        try:
+            fleet = self._ctx.call(rebuild)
+        except ConfigurationError as err:
+            self.delete_fleet(fleet_name)
+            raise KeywordError(f"Device CSV '{path}': {err}") from None
         fields = [c for c in columns if c in m.field_names]
-        for row in rows:
+        for line, row in enumerate(rows, start=2):
             device = fleet.by_id[row["deviceId"].strip()]
             for f in fields:
                 cell = (row.get(f) or "").strip()
@@ -442,7 +467,10 @@ class DeviceFleet:
                     try:
                         self._ctx.call(device.values.set_override, f, cell)
                     except (ValueError, TypeError, ConfigurationError) as err:
-                        raise KeywordError(f"Device CSV '{path}', device '{device.id}', column '{f}': {err}") from None
+                        self.delete_fleet(fleet_name)  # all or nothing: no half-configured fleet stays behind
+                        raise KeywordError(
+                            f"Device CSV '{path}', line {line}, device '{device.id}', column '{f}': {err}"
+                        ) from None
         logger.info(
             f"Imported {len(ids)} devices from {path} into fleet '{fleet_name}' "
             f"(overrides: {', '.join(fields) or 'none'})."

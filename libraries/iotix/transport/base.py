@@ -93,7 +93,15 @@ def create_transport(fleet: Fleet) -> Transport:
         from iotix.transport.mqtt import MqttTransport
 
         return MqttTransport(fleet)
+    if protocol == "coap":
+        from iotix.transport.coap import CoapTransport
+
+        return CoapTransport(fleet)
+    if protocol == "http":
+        from iotix.transport.http import HttpTransport
+
+        return HttpTransport(fleet)
     raise TransportError(
         f"Fleet '{fleet.name}': protocol '{protocol}' of model '{fleet.model.id}' is not supported yet "
-        "(supported: mqtt)."
+        "(supported: mqtt, coap, http)."
     )
