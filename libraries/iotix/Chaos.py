@@ -53,11 +53,17 @@ class Chaos:
         - ``reconnect``: each device comes back ``reconnect_delay`` after it dropped.
 
         Returns at once; the drops follow in the background. `Wait Until Dropout Is Complete` waits.
+        The fleet must have been started (`Start Fleet`); a stopped fleet has nothing to drop.
 
         | ${dropped} =    Drop Devices    env    strategy=exponential    count=10    delay=2s
         | ...    reconnect=True    reconnect_delay=5s    seed=7
         """
         f = self._ctx.simulator.fleet(fleet)
+        if f.state in ("created", "stopped"):
+            raise KeywordError(
+                f"Fleet '{fleet}' is {'not started' if f.state == 'created' else 'stopped'}: only devices of a "
+                "started fleet can drop out; use Start Fleet first."
+            )
         try:
             settings = DropoutSettings(
                 strategy=strategy,

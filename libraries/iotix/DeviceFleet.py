@@ -231,12 +231,16 @@ class DeviceFleet:
     def wait_until_fleet_is_running(self, name: str, timeout: timedelta = timedelta(seconds=30)) -> None:
         """Waits until every device of the fleet is connected and sending.
 
-        Fails after ``timeout`` with how many devices are not running and why (their last errors).
+        Fails after ``timeout`` with how many devices are not running and why (their last errors), and at
+        once when the fleet was never started or has been stopped.
 
         | Wait Until Fleet Is Running    env    timeout=1 minute
         """
         fleet = self._fleet(name)
         limit = seconds(timeout)
+        if fleet.state in ("created", "stopped"):  # nothing would ever connect: fail now, not after the timeout
+            what = "was never started" if fleet.state == "created" else "is stopped"
+            raise AssertionError(f"Fleet '{name}' {what}: use Start Fleet first.")
 
         async def wait() -> bool:
             loop = asyncio.get_running_loop()
@@ -269,8 +273,6 @@ class DeviceFleet:
         states, reasons = self._ctx.call(collect)
         running = states["running"]
         total = len(fleet.devices)
-        if fleet.state == "created":
-            return f"Fleet '{fleet.name}' was never started: use Start Fleet first."
         parts = [f"Fleet '{fleet.name}': {total - running} of {total} devices not running after {limit:g} s"]
         parts.append(
             f"(launched {fleet.launched} of {total}; states: "

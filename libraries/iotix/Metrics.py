@@ -12,7 +12,7 @@ from robot.api.deco import keyword, library
 
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import seconds
-from iotix._robot.telemetry import collect, pick_probe
+from iotix._robot.telemetry import collect, pick_source
 
 __version__ = "0.1.0"
 
@@ -26,10 +26,10 @@ class Metrics:
         self._ctx = get_context()
 
     def _report(self, fleet: str, source: str, timeout: timedelta) -> dict[str, Any]:
-        probe = pick_probe(self._ctx, source)
         f = self._ctx.simulator.fleet(fleet)
+        src = pick_source(self._ctx, source, f)
         limit = seconds(timeout)
-        check = self._ctx.call(collect, f, probe, limit, timeout=limit + 10)
+        check = self._ctx.call(collect, f, src, limit, timeout=limit + 10)
         return check.report.as_dict()
 
     @keyword
@@ -59,20 +59,19 @@ class Metrics:
 
         | Latency Should Be Below    env    200ms    percentile=99
         """
-        probe = pick_probe(self._ctx, source)
-        self._ctx.simulator.fleet(fleet)
+        src = pick_source(self._ctx, source, self._ctx.simulator.fleet(fleet))
         if not 0 < percentile <= 100:
             raise KeywordError(f"percentile must be in (0, 100], got {percentile}.")
-        value = self._ctx.call(lambda: probe.tracker.latency.percentile(percentile))
+        value = self._ctx.call(lambda: src.tracker.latency.percentile(percentile))
         if value is None:
-            raise AssertionError(f"No telemetry from fleet '{fleet}' arrived at '{probe.alias}': no latency to check.")
+            raise AssertionError(f"No telemetry from fleet '{fleet}' arrived at '{src.name}': no latency to check.")
         ms = value * 1000
         limit_ms = seconds(limit) * 1000
         logger.info(f"Fleet '{fleet}': p{percentile:g} latency {ms:.1f} ms (limit {limit_ms:g} ms).")
         if ms >= limit_ms:
             raise AssertionError(
                 f"Fleet '{fleet}': p{percentile:g} latency is {ms:.1f} ms, not below "
-                f"{limit_ms:g} ms [receiver '{probe.alias}']."
+                f"{limit_ms:g} ms [receiver '{src.name}']."
             )
         return ms
 

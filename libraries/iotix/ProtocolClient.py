@@ -13,7 +13,7 @@ from robot.api.types import Secret
 
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import seconds
-from iotix._robot.telemetry import collect, describe_failure, parse_percent, pick_probe
+from iotix._robot.telemetry import collect, describe_failure, parse_percent, pick_source
 from iotix.services.mqtt_broker import MqttBroker, start_local_broker
 from iotix.transport.base import TransportError
 from iotix.transport.mqtt_probe import MqttProbe
@@ -129,13 +129,17 @@ class ProtocolClient:
 
         async def connect() -> MqttProbe:
             probe = MqttProbe(alias, cid)
-            await probe.connect(
-                host,
-                port,
-                username=username or None,
-                password=password.value if password is not None else None,
-                timeout=limit,
-            )
+            try:
+                await probe.connect(
+                    host,
+                    port,
+                    username=username or None,
+                    password=password.value if password is not None else None,
+                    timeout=limit,
+                )
+            except BaseException:
+                await probe.close()  # a refused or failed connection must not keep reconnecting in the background
+                raise
             return probe
 
         try:
@@ -253,15 +257,15 @@ class ProtocolClient:
         | Telemetry Should Be Received From Fleet    env    min_messages=5    max_loss=0.1%
         """
         max_pct = parse_percent(max_loss)
-        probe = pick_probe(self._ctx, source)
         f = self._ctx.simulator.fleet(fleet)
+        src = pick_source(self._ctx, source, f)
         limit = seconds(timeout)
-        check = self._ctx.call(collect, f, probe, limit, min_messages, timeout=limit + 10)
+        check = self._ctx.call(collect, f, src, limit, min_messages, timeout=limit + 10)
         report = check.report
-        failure = describe_failure(fleet, report, max_pct, min_messages, probe.alias)
+        failure = describe_failure(fleet, report, max_pct, min_messages, src.name)
         summary = report.as_dict()
         logger.info(
-            f"Fleet '{fleet}' via '{probe.alias}': {report.received:,} of {report.expected:,} expected "
+            f"Fleet '{fleet}' via '{src.name}': {report.received:,} of {report.expected:,} expected "
             f"messages arrived, {report.lost} lost, {report.duplicates} duplicates, "
             f"{report.out_of_order} out of order; latency p50 {summary['latencyMs']['p50']} ms, "
             f"p99 {summary['latencyMs']['p99']} ms."
@@ -274,10 +278,13 @@ class ProtocolClient:
     def send_command_to_device(self, device_id: str, command: str, alias: str = "default", **parameters: Any) -> None:
         """Publishes ``command`` to the device's command topic, with ``parameters`` as a JSON object.
 
-        The device records it (see ``Get Received Commands`` of DeviceFleet) and acts on ``reboot`` and
-        ``setInterval`` (``intervalMs=...``).
+        The command must be one of the device model's ``commands``. The device records it (see ``Get
+        Received Commands`` of DeviceFleet), answers on the command's ``responseTopic`` and acts on
+        ``reboot`` (``delayMs=...``) and ``setInterval`` (``intervalMs=...``). Parameter values are JSON
+        when they parse as JSON (``3``, ``true``, ``["a"]``), else text.
 
-        | Send Command To Device    gw-0    setInterval    intervalMs=500
+        | Send Command To Device    gw-0    reboot    delayMs=500
+        | Send Command To Device    sensor-3    setInterval    intervalMs=500
         """
         device = self._ctx.simulator.find_device(device_id)
         topics_for = getattr(device.fleet.transport, "command_topics", None)

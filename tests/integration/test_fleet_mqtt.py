@@ -160,9 +160,9 @@ def test_receiver_tracker_sees_no_loss_at_qos1(h: Harness) -> None:
     time.sleep(1.0)
 
     async def check():
-        from iotix._robot.telemetry import collect
+        from iotix._robot.telemetry import collect, probe_source
 
-        return await collect(fleet, probe, 5.0)
+        return await collect(fleet, probe_source(probe), 5.0)
 
     report = h.rt.call(check).report
     assert report.expected >= 10 * 15
@@ -213,9 +213,9 @@ def test_broker_restart_reconnects_and_flushes_the_qos1_queue(h: Harness) -> Non
     time.sleep(1.0)
 
     async def check():
-        from iotix._robot.telemetry import collect
+        from iotix._robot.telemetry import collect, probe_source
 
-        return await collect(fleet, probe, 5.0)
+        return await collect(fleet, probe_source(probe), 5.0)
 
     report = h.rt.call(check).report
     # QoS 1 readings produced while the broker was down were queued and sent after the reconnect; what

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from iotix._robot.context import Context, KeywordError
 from iotix.fleet.fleet import Fleet
-from iotix.observe.tracker import TelemetryReport
+from iotix.observe.tracker import TelemetryReport, TelemetryTracker
 from iotix.transport.mqtt_probe import MqttProbe
 
 
@@ -22,6 +23,24 @@ def parse_percent(value: str | float | int, what: str = "max_loss") -> float:
     if not 0 <= pct <= 100:
         raise KeywordError(f"{what} must be between 0% and 100%, got {value}.")
     return pct
+
+
+@dataclass
+class Source:
+    """Where a fleet's telemetry is counted: a receiver's tracker, and since when it listened (loop time).
+
+    ``refresh`` (optional) brings the tracker up to date before each look, for receivers that are read
+    rather than pushed to (a backend's store).
+    """
+
+    name: str
+    tracker: TelemetryTracker
+    listening_since: float | None
+    refresh: Callable[[], Awaitable[None]] | None = None
+
+
+def probe_source(probe: MqttProbe) -> Source:
+    return Source(probe.alias, probe.tracker, probe.subscribed_at)
 
 
 def pick_probe(ctx: Context, source: str) -> MqttProbe:
@@ -47,10 +66,15 @@ def pick_probe(ctx: Context, source: str) -> MqttProbe:
     raise KeywordError(f"Several receivers are connected ({', '.join(probes)}); say which with source=.")
 
 
-def expected_ranges(fleet: Fleet, probe: MqttProbe) -> dict[str, tuple[int, int]]:
+def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
+    """The receiver named ``source``, or the default one for the fleet's protocol."""
+    return probe_source(pick_probe(ctx, source))
+
+
+def expected_ranges(fleet: Fleet, source: Source) -> dict[str, tuple[int, int]]:
     """Per device ``[first, stop)``: from seq 0 when the receiver listened before the device started,
     else from the first sequence number that arrived. Runs on the loop."""
-    listening_since = probe.subscribed_at
+    listening_since = source.listening_since
     out = {}
     for d in fleet.devices:
         started_after = d.started_at > 0 and listening_since is not None and d.started_at >= listening_since
@@ -64,13 +88,15 @@ class Check:
     expected: dict[str, tuple[int, int]]
 
 
-async def collect(fleet: Fleet, probe: MqttProbe, timeout: float, min_messages: int = 0) -> Check:
+async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: int = 0) -> Check:
     """Wait until every message the fleet had sent when the check began arrived (or ``timeout``)."""
     loop = asyncio.get_running_loop()
-    expected = expected_ranges(fleet, probe)
+    expected = expected_ranges(fleet, source)
     end = loop.time() + timeout
     while True:
-        report = probe.tracker.report(expected)
+        if source.refresh is not None:
+            await source.refresh()
+        report = source.tracker.report(expected)
         complete = report.lost == 0 and all(r.received >= min_messages for r in report.devices)
         if complete or loop.time() >= end:
             return Check(report, expected)
@@ -101,8 +127,8 @@ def describe_failure(
     if few:
         sample = ", ".join(f"{d.device_id} ({d.received})" for d in few[:3])
         problems.append(
-            f"{len(few)} of {len(report.devices)} devices sent fewer than {min_messages} messages "
-            f"that arrived: {sample}{' ...' if len(few) > 3 else ''}"
+            f"{len(few)} of {len(report.devices)} devices delivered fewer than {min_messages} "
+            f"message{'s' if min_messages != 1 else ''}: {sample}{' ...' if len(few) > 3 else ''}"
         )
     if not problems:
         return None
@@ -114,7 +140,8 @@ def describe_failure(
     if report.invalid_messages:
         extra.append(f"{report.invalid_messages} messages that were not IoTix envelopes")
     suffix = f" ({', '.join(extra)})" if extra else ""
-    return f"Fleet '{fleet}' " + "; ".join(problems) + f"{suffix} [receiver '{source}']."
+    lead = f"Fleet '{fleet}' " if problems[0].startswith("lost") else f"Fleet '{fleet}': "
+    return lead + "; ".join(problems) + f"{suffix} [receiver '{source}']."
 
 
 def report_dict(check: Check) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -108,7 +108,7 @@ class Fleet:
         options: FleetOptions | None = None,
     ) -> None:
         if len(set(device_ids)) != len(device_ids):
-            dupes = sorted({d for d in device_ids if list(device_ids).count(d) > 1})[:5]
+            dupes = sorted(d for d, n in Counter(device_ids).items() if n > 1)[:5]
             raise ConfigurationError(f"Fleet '{name}': device ids must be unique; repeated: {', '.join(dupes)}")
         self.sim = sim
         self.name = name

@@ -107,9 +107,12 @@ class Scheduler:
                 continue
             try:
                 nxt = entry.fire(device, entry.group, due, now)
-            except Exception:
+            except Exception as err:
                 self.errors += 1
                 log.exception("scheduled send of %r failed", device)
+                report = getattr(getattr(device, "fleet", None), "report_error", None)
+                if report is not None:  # the next keyword touching the fleet reports it
+                    report(f"sending for device '{getattr(device, 'id', device)}' failed: {err!r}")
                 nxt = due + 1.0
             fired += 1
             if nxt is None:
