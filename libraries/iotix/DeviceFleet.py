@@ -114,7 +114,7 @@ class DeviceFleet:
         host: str = "",
         port: int | None = None,
         username: str = "",
-        password: Secret | None = None,
+        password: Secret = None,  # not "Secret | None": with a union Robot echoes a plain-text value in its error
         qos: int | None = None,
         offline_queue_size: int = 1000,
         reconnect_base: timedelta = timedelta(seconds=0.5),

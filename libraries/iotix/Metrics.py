@@ -59,10 +59,11 @@ class Metrics:
 
         | Latency Should Be Below    env    200ms    percentile=99
         """
-        src = pick_source(self._ctx, source, self._ctx.simulator.fleet(fleet))
+        f = self._ctx.simulator.fleet(fleet)
+        src = pick_source(self._ctx, source, f)
         if not 0 < percentile <= 100:
             raise KeywordError(f"percentile must be in (0, 100], got {percentile}.")
-        value = self._ctx.call(lambda: src.tracker.latency.percentile(percentile))
+        value = self._ctx.call(lambda: src.tracker.latency_of(f.by_id).percentile(percentile))
         if value is None:
             raise AssertionError(f"No telemetry from fleet '{fleet}' arrived at '{src.name}': no latency to check.")
         ms = value * 1000

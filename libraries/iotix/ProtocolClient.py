@@ -109,7 +109,7 @@ class ProtocolClient:
         alias: str = "default",
         client_id: str = "",
         username: str = "",
-        password: Secret | None = None,
+        password: Secret = None,  # not "Secret | None": with a union Robot echoes a plain-text value in its error
         timeout: timedelta = timedelta(seconds=10),
     ) -> str:
         """Connects a test client to an MQTT broker under ``alias``; returns the client id.
@@ -126,9 +126,11 @@ class ProtocolClient:
             )
         cid = client_id or f"iotix-probe-{alias}-{os.getpid()}"
         limit = seconds(timeout)
+        fleet_of = self._ctx.simulator.fleet_name_of
 
         async def connect() -> MqttProbe:
             probe = MqttProbe(alias, cid)
+            probe.tracker.group_of = fleet_of  # latency per fleet
             try:
                 await probe.connect(
                     host,

@@ -132,7 +132,7 @@ def test_histogram_percentiles_within_bucket_error() -> None:
 
 
 def test_device_track_counts_gaps_duplicates_and_reordering() -> None:
-    t = DeviceTrack()
+    t = DeviceTrack(Histogram())
     for seq in [0, 1, 2, 4, 3, 3, 7]:
         t.add(seq)
     assert t.received == 7
@@ -144,7 +144,7 @@ def test_device_track_counts_gaps_duplicates_and_reordering() -> None:
 
 def test_count_seen_matches_brute_force_on_random_ranges() -> None:
     rng = random.Random(3)
-    t = DeviceTrack()
+    t = DeviceTrack(Histogram())
     seen = set()
     for _ in range(3000):
         s = rng.randrange(5000)
@@ -184,3 +184,16 @@ def test_report_from_first_seen_when_the_receiver_joined_late() -> None:
     report = tr.report({"d1": (-1, 110)})
     assert report.expected == 10
     assert report.lost == 0
+
+
+def test_latency_is_kept_per_group_so_fleets_do_not_mix() -> None:
+    groups = {"a-0": "A", "a-1": "A", "b-0": "B"}
+    tr = TelemetryTracker(group_of=groups.get)
+    tr.record("a-0", 0, 1000.0, now=1.010)  # 10 ms
+    tr.record("a-1", 0, 1000.0, now=1.020)  # 20 ms
+    tr.record("b-0", 0, 1000.0, now=3.000)  # 2 s
+    report_a = tr.report({"a-0": (0, 1), "a-1": (0, 1)})
+    assert report_a.latency["count"] == 2
+    assert report_a.latency["max"] == pytest.approx(20, rel=0.05)
+    assert tr.latency_of(["b-0"]).count == 1
+    assert tr.latency.count == 3

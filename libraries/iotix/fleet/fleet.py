@@ -43,6 +43,8 @@ log = logging.getLogger("iotix.fleet")
 _RUNNING = DeviceState.RUNNING
 _RECONNECTING = DeviceState.RECONNECTING
 
+#: How long Stop Fleet waits for QoS 1/2 messages in flight to be acknowledged before disconnecting.
+STOP_DRAIN_S = 2.0
 #: The error list of a fleet keeps this many background errors for the next keyword to report.
 MAX_PENDING_ERRORS = 20
 
@@ -313,7 +315,7 @@ class Fleet:
     def _send_values(self, device: Device, values: dict[str, Any], ts_ms: int) -> bool:
         """Encode with the next ``seq`` and hand over; the seq is used only if the transport took it."""
         payload = self.encoder(device.id, device.seq, ts_ms, values)
-        if self.transport.send(device, payload, device.topic):
+        if self.transport.send(device, payload):
             device.seq += 1
             device.sent += 1
             device.bytes_sent += len(payload)
@@ -500,20 +502,21 @@ class Fleet:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        for device in self.devices:
+        connected = []
+        for device in self.devices:  # first stop producing, so that what is in flight can drain
             if device.task is not None and not device.task.done():
                 device.task.cancel()
-            was_up = device.state in (
-                DeviceState.RUNNING,
-                DeviceState.RECONNECTING,
-                DeviceState.CONNECTING,
-                DeviceState.ERROR,
-            )
+            if device.state in (_RUNNING, _RECONNECTING, DeviceState.CONNECTING, DeviceState.ERROR):
+                connected.append(device)
             device.state = DeviceState.STOPPED
             device.forget_schedule()
-            if was_up:
-                with contextlib.suppress(Exception):
-                    await self.transport.disconnect(device)
+        with contextlib.suppress(Exception):
+            await self.transport.drain(STOP_DRAIN_S)
+        for device in connected:
+            if self.transport.is_connected(device):
+                device.disconnects += 1
+            with contextlib.suppress(Exception):
+                await self.transport.disconnect(device)
         with contextlib.suppress(Exception):
             await self.transport.close()
         self.state = "stopped"

@@ -83,6 +83,13 @@ class Simulator:
     def device_owner_map(self) -> dict[str, str]:
         return {d.id: f.name for f in self.fleets.values() for d in f.devices}
 
+    def fleet_name_of(self, device_id: str) -> str | None:
+        """The name of the fleet that has ``device_id`` (None for a device of no fleet here)."""
+        for fleet in self.fleets.values():
+            if device_id in fleet.by_id:
+                return fleet.name
+        return None
+
     def find_device(self, device_id: str) -> Device:
         for fleet in self.fleets.values():
             device = fleet.by_id.get(device_id)

@@ -8,7 +8,7 @@ compares what arrived with what each device says it sent.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +18,10 @@ from iotix.observe.histogram import Histogram
 class DeviceTrack:
     """Per-device receive state: a bitmap of the sequence numbers seen (one bit per message)."""
 
-    __slots__ = ("duplicates", "first_seq", "highest_seq", "out_of_order", "received", "seen")
+    __slots__ = ("duplicates", "first_seq", "highest_seq", "latency", "out_of_order", "received", "seen")
 
-    def __init__(self) -> None:
+    def __init__(self, latency: Histogram) -> None:
+        self.latency = latency  # shared by the devices of one group (fleet)
         self.received = 0
         self.duplicates = 0
         self.out_of_order = 0
@@ -167,29 +168,57 @@ class TelemetryReport:
 
 
 class TelemetryTracker:
-    """Feeds on received envelopes; thread-confined to whoever feeds it (the runtime loop)."""
+    """Feeds on received envelopes; thread-confined to whoever feeds it (the runtime loop).
 
-    def __init__(self, name: str = "") -> None:
+    Latencies are kept per group of devices: ``group_of(device_id)`` (the device's fleet, when the owner
+    sets it) picks the histogram a device's latencies go to, so a report on one fleet is not mixed with
+    another fleet's latencies; ``latency`` is all of them together.
+    """
+
+    def __init__(self, name: str = "", group_of: Callable[[str], str | None] | None = None) -> None:
         self.name = name
         self.created_at = time.time()
         self.devices: dict[str, DeviceTrack] = {}
-        self.latency = Histogram()
+        self.group_of = group_of
+        self.groups: dict[str | None, Histogram] = {}
         self.invalid = 0
         self.total = 0
+
+    @property
+    def latency(self) -> Histogram:
+        merged = Histogram()
+        for h in self.groups.values():
+            merged.merge(h)
+        return merged
+
+    def latency_of(self, device_ids: Iterable[str]) -> Histogram:
+        """The latencies of the groups these devices belong to (normally: their fleet)."""
+        merged = Histogram()
+        for hist in {id(t.latency): t.latency for d in device_ids if (t := self.devices.get(d))}.values():
+            merged.merge(hist)
+        return merged
+
+    def _new_track(self, device_id: str) -> DeviceTrack:
+        group = self.group_of(device_id) if self.group_of is not None else None
+        hist = self.groups.get(group)
+        if hist is None:
+            hist = self.groups[group] = Histogram()
+        track = self.devices[device_id] = DeviceTrack(hist)
+        return track
 
     def record(self, device_id: str, seq: int, ts_ms: float | None, now: float | None = None) -> None:
         """Record one envelope; ``now`` is the receive time in epoch seconds."""
         self.total += 1
         track = self.devices.get(device_id)
         if track is None:
-            track = self.devices[device_id] = DeviceTrack()
+            track = self._new_track(device_id)
         if seq < 0:
             self.invalid += 1
             return
         track.add(seq)
         if ts_ms is not None:
             latency = (now if now is not None else time.time()) - ts_ms / 1000.0
-            self.latency.record(max(latency, 0.0))
+            track.latency.record(max(latency, 0.0))
 
     def record_envelope(self, envelope: Mapping[str, Any] | None, now: float | None = None) -> bool:
         """Record a decoded envelope; False (counted as invalid) when it is not one."""
@@ -248,4 +277,4 @@ class TelemetryTracker:
                 )
             )
         unknown = sum(1 for d in self.devices if d not in expected)
-        return TelemetryReport(results, self.latency.summary(), unknown, self.invalid)
+        return TelemetryReport(results, self.latency_of(expected).summary(), unknown, self.invalid)

@@ -197,14 +197,20 @@ class MqttBroker:
         self._port = self._process.port
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the broker process (SIGTERM, then SIGKILL after ``timeout`` seconds). No-op if not running."""
+    def stop(self, timeout: float = 5.0, *, keep_files: bool = False) -> None:
+        """Stop the broker process (SIGTERM, then SIGKILL after ``timeout`` seconds). No-op if not running.
+
+        Its temporary folder (config and log) is removed unless ``keep_files`` or a ``workdir`` was given.
+        """
         if self._process is not None:
             self._process.stop(timeout=timeout)
+        if not keep_files and self._workdir is None and self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
     def restart(self, down_for: float = 0.0) -> MqttBroker:
         """Stop the broker, stay down ``down_for`` seconds, start it again on the same port; return self."""
-        self.stop()
+        self.stop(keep_files=True)
         if down_for > 0:
             time.sleep(down_for)
         return self.start()

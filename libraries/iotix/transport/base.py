@@ -68,6 +68,9 @@ class Transport(ABC):
     def drop(self, device: Device) -> None:
         """Cut the device's connection abruptly, as a device losing power or network would."""
 
+    async def drain(self, timeout: float) -> None:  # noqa: B027 - optional hook
+        """Before a stop: wait up to ``timeout`` seconds for messages in flight to be acknowledged."""
+
     def make_encoder(self) -> Callable[[str, int, int, dict[str, Any]], bytes] | None:
         """A protocol-specific payload encoder ``(device_id, seq, ts_ms, values) -> bytes``.
 

@@ -24,6 +24,8 @@ from iotix.transport.paho_driver import LoopClient
 
 log = logging.getLogger("iotix.probe")
 
+#: How often a test receiver retries after losing its broker.
+RECONNECT_INTERVAL_S = 0.05
 #: Messages kept per subscription; older ones are discarded (and counted) beyond this.
 MAX_KEPT = 200_000
 
@@ -81,7 +83,7 @@ def _on_connect(client: LoopClient, probe: MqttProbe, flags: Any, reason_code: A
 
 def _on_disconnect(client: LoopClient, probe: MqttProbe, flags: Any, reason_code: Any, properties: Any) -> None:
     client.connection_failed(str(reason_code))
-    if not probe.closing:
+    if not probe.closing and probe.connected_at and probe._reconnect_task is None:
         probe.lost(str(reason_code))
 
 
@@ -123,6 +125,7 @@ class MqttProbe:
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._on_message_hooks: list[Callable[[ReceivedMessage], None]] = []
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
 
     @property
     def target(self) -> str:
@@ -143,29 +146,41 @@ class MqttProbe:
             self.client.username_pw_set(username, password)
         await self.client.open(host, port, keepalive=keepalive, timeout=timeout)
         self.connected_at = time.time()
+        self._keepalive_task = asyncio.get_running_loop().create_task(self._keep_alive(keepalive))
         log.info("probe '%s' connected to %s as '%s'", self.alias, self.target, self.client_id)
 
+    async def _keep_alive(self, keepalive: int) -> None:
+        """PINGREQ when idle, so a quiet subscription is not closed by the broker."""
+        while not self.closing:
+            await asyncio.sleep(min(1.0, keepalive / 4))
+            self.client.misc()
+
     def lost(self, reason: str) -> None:
-        """The broker went away: note it and come back (subscriptions are renewed)."""
+        """The broker went away after we had connected: note it and come back (subscriptions renewed).
+
+        A test receiver retries every 50 ms (not with growing backoff like devices), so that after a broker
+        restart it is back, subscribed, before most devices resend: what devices publish before it is
+        subscribed again is lost to it, as it would be to any subscriber without a persistent session.
+        """
         self.errors.append(f"connection to {self.target} lost: {reason}")
         log.warning("probe '%s': connection to %s lost (%s); reconnecting", self.alias, self.target, reason)
-        if self._reconnect_task is None or self._reconnect_task.done():
-            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+        self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = 0.1
-        while not self.closing:
-            await asyncio.sleep(delay)
-            try:
-                await self.client.open(self.host, self.port, timeout=5.0)
-            except TransportError:
-                delay = min(delay * 2, 2.0)
-                continue
-            for sub in self.subscriptions.values():
-                self.client.subscribe(sub.topic, sub.qos)
-            self.client.kick()
-            log.info("probe '%s' reconnected to %s", self.alias, self.target)
-            return
+        try:
+            while not self.closing:
+                await asyncio.sleep(RECONNECT_INTERVAL_S)
+                try:
+                    await self.client.open(self.host, self.port, timeout=5.0)
+                except TransportError:
+                    continue
+                if self.subscriptions:
+                    self.client.subscribe([(sub.topic, sub.qos) for sub in self.subscriptions.values()])
+                self.client.kick()
+                log.info("probe '%s' reconnected to %s", self.alias, self.target)
+                return
+        finally:
+            self._reconnect_task = None
 
     async def _wait_ack(self, info_rc: Any, mid: int, what: str, timeout: float) -> Any:
         if info_rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -250,6 +265,7 @@ class MqttProbe:
 
     async def close(self) -> None:
         self.closing = True
-        if self._reconnect_task is not None:
-            self._reconnect_task.cancel()
+        for task in (self._reconnect_task, self._keepalive_task):
+            if task is not None:
+                task.cancel()
         self.client.close_gracefully()

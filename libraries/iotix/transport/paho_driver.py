@@ -137,6 +137,7 @@ class LoopClient(mqtt.Client):
         self._writer_on = False
         self.fast_topic: bytes | None = None  # the owner's cached topic_field() of its telemetry topic
         self._pending: bytes | bytearray | None = None  # corked QoS 0 packets (see Corker)
+        self.side_mids: set[int] | None = None  # mids of QoS 1/2 messages that are not telemetry
         self._corker = corker_for(loop)
         self._clean_start = clean_session
         self._connack: asyncio.Future[Any] | None = None
