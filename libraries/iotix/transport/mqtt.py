@@ -37,10 +37,27 @@ def _on_disconnect(client: LoopClient, device: Device, flags: Any, reason_code: 
 
 
 def _on_publish(client: LoopClient, device: Device, mid: int, reason_code: Any, properties: Any) -> None:
+    side = client.side_mids
+    if side and mid in side:  # an alert or a command response, not telemetry: not in the telemetry counters
+        side.discard(mid)
+        return
     if getattr(reason_code, "is_failure", False):
         device.fleet.delivery_failed(device, f"broker rejected publish: {reason_code}")
     else:
         device.acked += 1
+
+
+def watch_device_client(client: LoopClient, *, count_acks: bool = False) -> None:
+    """Route a device's client events to the fleet: CONNACK and disconnects, and PUBACKs when ``count_acks``.
+
+    The client's ``userdata`` must be the :class:`Device`; an unexpected disconnect calls
+    ``fleet.connection_lost`` unless ``device.conn_intentional_close`` is set. Used by adapters that open an MQTT
+    connection for a device of another protocol (the hybrid IoTFlow devices of the HTTP adapter).
+    """
+    client.on_connect = _on_connect
+    client.on_disconnect = _on_disconnect
+    if count_acks:
+        client.on_publish = _on_publish
 
 
 def _on_message(client: LoopClient, device: Device, message: Any) -> None:
@@ -192,9 +209,25 @@ class MqttTransport(Transport):
         if info.rc != OK:
             device.last_error = f"publish failed: {info.rc}"
             return False
+        if topic is not None and qos > 0:  # not telemetry: keep its acknowledgement out of messagesAcked
+            if client.side_mids is None:
+                client.side_mids = set()
+            client.side_mids.add(info.mid)
         if client._out_packet:
             client.kick()
         return True
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until QoS 1/2 messages in flight are acknowledged, before a stop."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if not any(
+                d.conn is not None and d.conn._sock is not None and (d.conn._out_messages or d.conn._out_packet)
+                for d in self.fleet.devices
+            ):
+                return
+            await asyncio.sleep(0.02)
 
     async def disconnect(self, device: Device) -> None:
         client: LoopClient | None = device.conn
