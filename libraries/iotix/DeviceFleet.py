@@ -314,10 +314,11 @@ class DeviceFleet:
         """Returns the fleet's counters as a dictionary.
 
         Keys include ``deviceCount``, ``runningDeviceCount``, ``messagesSent``, ``messagesAcked``
-        (QoS 1/2 acknowledged), ``messagesFailed``, ``messagesDropped``, ``messagesQueued``, ``bytesSent``,
-        ``connects``, ``disconnects``, ``reconnects``, ``connectFailures``, ``commandsReceived``,
-        ``behaviorsFired``, ``states`` (devices per state) and ``sendLatenessMs`` (how late sends ran
-        against their schedule: p50, p99, max).
+        (acknowledged by the target: MQTT QoS 1/2 PUBACK, HTTP success status, CoAP 2.xx),
+        ``messagesFailed``, ``messagesDropped``, ``messagesQueued``, ``bytesSent``, ``connects``,
+        ``disconnects``, ``reconnects``, ``connectFailures``, ``commandsReceived``, ``behaviorsFired``,
+        ``states`` (devices per state), ``sendLatenessMs`` (how late sends ran against their schedule:
+        p50, p99, max) and ``transport`` (protocol details, e.g. ``requestLatencyMs`` for HTTP and CoAP).
 
         | ${stats} =    Get Fleet Stats    env
         | Should Be True    ${stats}[messagesSent] > 0
@@ -336,9 +337,25 @@ class DeviceFleet:
 
     @keyword
     def get_device_status(self, device_id: str) -> dict[str, Any]:
-        """Returns one device's state, counters and last error."""
+        """Returns one device's state, counters and last error.
+
+        A CoAP device in server mode also has ``port`` and ``url`` (``coap://host:port``): where it
+        answers, e.g. for `Observe CoAP Resource` on ``${status}[url]/telemetry``.
+        """
         device = self._ctx.simulator.find_device(device_id)
-        return self._ctx.call(device.status)
+
+        def status() -> dict[str, Any]:
+            out = device.status()
+            transport = device.fleet.transport
+            port_of = getattr(transport, "server_port_of", None)
+            port = port_of(device) if port_of is not None else None
+            if port:
+                host = str(transport.host)
+                out["port"] = port
+                out["url"] = f"coap://{f'[{host}]' if ':' in host else host}:{port}"
+            return out
+
+        return self._ctx.call(status)
 
     @keyword
     def set_telemetry_override(self, device_id: str, field: str, value: Any) -> None:
@@ -385,7 +402,7 @@ class DeviceFleet:
 
     # -- CSV -------------------------------------------------------------------------------------------
 
-    @keyword
+    @keyword("Export Devices To CSV")
     def export_devices_to_csv(self, name: str, path: Path) -> Path:
         """Writes one row per device of the fleet (id, state, counters, last error) to a CSV file.
 
@@ -404,7 +421,7 @@ class DeviceFleet:
         logger.info(f"Exported {len(rows)} devices of fleet '{name}' to {path}.")
         return path
 
-    @keyword
+    @keyword("Import Devices From CSV")
     def import_devices_from_csv(
         self,
         path: Path,

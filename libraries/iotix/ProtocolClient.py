@@ -11,8 +11,10 @@ from robot.api import logger
 from robot.api.deco import keyword, library
 from robot.api.types import Secret
 
+from iotix._robot.coap_keywords import CoapKeywords
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import seconds
+from iotix._robot.iotflow_keywords import IoTFlowKeywords
 from iotix._robot.telemetry import collect, describe_failure, parse_percent, pick_source
 from iotix.services.mqtt_broker import MqttBroker, start_local_broker
 from iotix.transport.base import TransportError
@@ -22,7 +24,7 @@ __version__ = "0.1.0"
 
 
 @library(scope="GLOBAL", version=__version__, auto_keywords=False, listener=SuiteCleanupListener(), doc_format="ROBOT")
-class ProtocolClient:
+class ProtocolClient(CoapKeywords, IoTFlowKeywords):
     """Test-side clients: local brokers to run against, and connections that subscribe, publish and check.
 
     = Receivers and aliases =
@@ -49,7 +51,7 @@ class ProtocolClient:
 
     # -- local broker ---------------------------------------------------------------------------------
 
-    @keyword
+    @keyword("Start Local MQTT Broker")
     def start_local_mqtt_broker(self, kind: str = "auto") -> dict[str, Any]:
         """Starts a local MQTT broker and returns a dictionary with ``host``, ``port``, ``kind`` and ``url``.
 
@@ -79,7 +81,7 @@ class ProtocolClient:
             raise KeywordError("No local MQTT broker is running: use Start Local MQTT Broker first.")
         return broker
 
-    @keyword
+    @keyword("Stop Local MQTT Broker")
     def stop_local_mqtt_broker(self) -> None:
         """Stops the local MQTT broker started by `Start Local MQTT Broker` (nothing if none runs)."""
         broker = self._ctx.services.pop("mqtt_broker", None)
@@ -88,7 +90,7 @@ class ProtocolClient:
             self._ctx.disown("local MQTT broker")
             logger.info("Local MQTT broker stopped.")
 
-    @keyword
+    @keyword("Restart Local MQTT Broker")
     def restart_local_mqtt_broker(self, down_for: timedelta = timedelta(0)) -> dict[str, Any]:
         """Stops the local broker, keeps it down for ``down_for``, and starts it again on the same port.
 
@@ -101,7 +103,7 @@ class ProtocolClient:
 
     # -- connections ----------------------------------------------------------------------------------
 
-    @keyword
+    @keyword("Connect To MQTT Broker")
     def connect_to_mqtt_broker(
         self,
         host: str,
@@ -161,7 +163,7 @@ class ProtocolClient:
             )
         return probe
 
-    @keyword
+    @keyword("Disconnect From MQTT Broker")
     def disconnect_from_mqtt_broker(self, alias: str = "default") -> None:
         """Closes the connection ``alias``; what it collected is gone with it."""
         probe = self._probes.pop(alias, None)
@@ -185,7 +187,7 @@ class ProtocolClient:
         except TransportError as err:
             raise KeywordError(str(err)) from None
 
-    @keyword
+    @keyword("Publish MQTT Message")
     def publish_mqtt_message(
         self,
         topic: str,

@@ -178,6 +178,10 @@ def decode_envelope(payload: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(message, dict):
         return None
+    meta = message.get("metadata")
+    if "deviceId" not in message and isinstance(meta, dict) and isinstance(message.get("data"), dict):
+        # an IoTFlow telemetry body (hybrid devices publish it over MQTT): the envelope is in its metadata
+        message = {**meta, **message["data"]}
     device_id, seq, ts = message.get("deviceId"), message.get("seq"), message.get("ts")
     if not isinstance(device_id, str) or not _is_int(seq) or not _is_int(ts):
         return None

@@ -141,3 +141,8 @@ def test_decode_envelope_never_raises_on_noise() -> None:
         noise = bytes([rng.choice([0xA1, 0xBF, 0x7B, rng.randrange(256)])]) + rng.randbytes(size)
         result = decode_envelope(noise)
         assert result is None or isinstance(result, dict)
+
+
+def test_decode_envelope_reads_an_iotflow_body() -> None:
+    body = b'{"data":{"t":21.5},"metadata":{"deviceId":"d-1","seq":4,"ts":1700000000000},"timestamp":"x"}'
+    assert decode_envelope(body) == {"deviceId": "d-1", "seq": 4, "ts": 1700000000000, "t": 21.5}

@@ -37,6 +37,13 @@ EXPECTED_IDS = {
     "smart-sensor-high-frequency",
     "smart-sensor-energy-efficient",
     "smart-sensor-industrial",
+    "coap-soil-sensor",
+    "coap-smart-plug",
+    "iotflow-smart-sensor",
+    "iotflow-smart-sensor-high-frequency",
+    "iotflow-smart-sensor-energy-efficient",
+    "iotflow-smart-sensor-industrial",
+    "iotflow-hybrid-sensor",
 }
 
 
@@ -104,11 +111,39 @@ def test_shipped_model_loads(path: Path) -> None:
     assert model.id == path.stem
     assert model.source == path
     assert _raw(path)["$schema"] == "./schema/device-model.schema.json"
-    assert model.protocol == "mqtt"
-    assert model.connection["host"] == "localhost"
-    assert model.connection["port"] == 1883
-    assert model.connection["topicPattern"] == "iotix/${modelId}/${deviceId}/telemetry"
     assert model.description
+    if model.protocol == "mqtt":
+        assert model.connection["host"] == "localhost"
+        assert model.connection["port"] == 1883
+        assert model.connection["topicPattern"] == "iotix/${modelId}/${deviceId}/telemetry"
+    elif model.protocol == "coap":
+        assert model.connection["mode"] in ("client", "server")
+    else:
+        assert model.protocol == "http"
+        assert model.connection["flow"] == "iotflow"
+        assert model.connection["url"] == "http://localhost:5000"
+
+
+def test_iotflow_profiles_intervals_and_battery_drain() -> None:
+    """default 30 s, high_frequency 5 s, energy_efficient 5 min, industrial 10 s; drain follows the rate."""
+    models = _models()
+    interval = {m: models[m].telemetry[0].interval_ms for m in models if m.startswith("iotflow-smart-sensor")}
+    assert interval == {
+        "iotflow-smart-sensor": 30000,
+        "iotflow-smart-sensor-high-frequency": 5000,
+        "iotflow-smart-sensor-energy-efficient": 300000,
+        "iotflow-smart-sensor-industrial": 10000,
+    }
+    drain = {m: models[m].get_field("battery_level").generator["drainPerHour"] for m in interval}
+    assert sorted(drain, key=drain.get) == [
+        "iotflow-smart-sensor-energy-efficient",
+        "iotflow-smart-sensor",
+        "iotflow-smart-sensor-industrial",
+        "iotflow-smart-sensor-high-frequency",
+    ]
+    hf = models["iotflow-smart-sensor-high-frequency"].field_names
+    assert {"accel_x", "accel_y", "accel_z", "gyro_x", "gyro_y", "gyro_z"} <= set(hf)
+    assert {"vibration", "power_consumption"} <= set(models["iotflow-smart-sensor-industrial"].field_names)
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=[p.name for p in MODEL_FILES])

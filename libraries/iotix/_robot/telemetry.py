@@ -67,7 +67,40 @@ def pick_probe(ctx: Context, source: str) -> MqttProbe:
 
 
 def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
-    """The receiver named ``source``, or the default one for the fleet's protocol."""
+    """The receiver named ``source``, or the default one for the fleet's protocol.
+
+    Names: an MQTT connection alias, ``coap`` (the local CoAP server), ``observe:<alias>`` (a CoAP
+    observation), ``iotflow`` (the local IoTFlow backend's store). Without a name: the local CoAP server
+    for a CoAP fleet, the IoTFlow backend for an HTTP fleet, the MQTT receiver otherwise.
+    """
+    from iotix._robot.coap_keywords import coap_sources
+    from iotix._robot.iotflow_keywords import iotflow_sources
+
+    others = {**coap_sources(ctx), **iotflow_sources(ctx)}
+    if source:
+        if source in others:
+            return others[source]
+        if source in ctx.services.get("probes", {}):
+            return probe_source(pick_probe(ctx, source))
+        known = [*ctx.services.get("probes", {}), *others]
+        raise KeywordError(
+            f"No receiver named '{source}' (available: {', '.join(repr(k) for k in known) or 'none'}); connect "
+            "and subscribe an MQTT receiver, start a local CoAP server or IoTFlow backend, or observe a resource."
+        )
+    protocol = fleet.model.protocol
+    if protocol == "coap":
+        if "coap" in others:
+            return others["coap"]
+        observed = [k for k in others if k.startswith("observe:")]
+        if len(observed) == 1:
+            return others[observed[0]]
+    if protocol == "http" and "iotflow" in others and fleet.connection.get("telemetryOver") != "mqtt":
+        return others["iotflow"]
+    if protocol in ("coap", "http") and not ctx.services.get("probes"):
+        raise KeywordError(
+            f"Fleet '{fleet.name}' ({protocol}): no receiver collects its telemetry; start a local CoAP server / "
+            "IoTFlow backend, or name one with source=."
+        )
     return probe_source(pick_probe(ctx, source))
 
 

@@ -559,6 +559,7 @@ class Fleet:
             "dropoutStepsDone": self.dropouts_done,
             "dropoutSteps": self.dropout_steps,
             "sendLatenessMs": lateness,
+            "transport": self.transport.describe(),
         }
 
     def expected_sequences(self) -> dict[str, tuple[int, int]]:

@@ -38,10 +38,15 @@ _CONNECTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "commandTopicPattern": COMMAND_VARIABLES,
     "path": BASE_VARIABLES,
     "url": BASE_VARIABLES,
-    "headers": BASE_VARIABLES,
+    "headers": (*BASE_VARIABLES, "token"),
+    "registration": BASE_VARIABLES,
     "topic": BASE_VARIABLES,
     "lastWill": BASE_VARIABLES,
 }
+
+# HTTP connection keys that belong to one flow only
+_IOTFLOW_ONLY_KEYS = ("heartbeatIntervalMs", "onConflict", "registration", "telemetryOver")
+_GENERIC_ONLY_KEYS = ("bodyTemplate", "token")
 
 _PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
     "number": (int, float),
@@ -174,7 +179,21 @@ def _connection_problems(data: dict[str, Any]) -> list[Problem]:
     for key, allowed in _CONNECTION_TEMPLATES.items():
         if key in connection:
             problems += template_problems(connection[key], ("connection", key), allowed)
-    return problems
+    if "bodyTemplate" in connection:
+        body_variables = (*BASE_VARIABLES, *field_types(data))
+        problems += template_problems(connection["bodyTemplate"], ("connection", "bodyTemplate"), body_variables)
+    return problems + _http_flow_problems(connection)
+
+
+def _http_flow_problems(connection: dict[str, Any]) -> list[Problem]:
+    """Keys of one HTTP flow given to the other (``flow`` generic vs iotflow)."""
+    flow = "iotflow" if connection.get("flow") == "iotflow" else "generic"
+    wrong, other = (_GENERIC_ONLY_KEYS, "generic") if flow == "iotflow" else (_IOTFLOW_ONLY_KEYS, "iotflow")
+    return [
+        (format_path(("connection", key)), f"only for connection.flow '{other}' (this model's flow is '{flow}')")
+        for key in wrong
+        if key in connection
+    ]
 
 
 def _command_problems(data: dict[str, Any]) -> list[Problem]:

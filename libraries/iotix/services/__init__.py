@@ -3,6 +3,7 @@
 Every server runs as a :class:`ManagedProcess`: its own process group, output in a log file, stopped at exit.
 """
 
+from iotix.services.iotflow import IoTFlowBackend, start_iotflow_backend
 from iotix.services.mqtt_broker import (
     BROKER_KINDS,
     INSTALL_HINT,
@@ -29,6 +30,7 @@ __all__ = [
     "BROKER_KINDS",
     "INSTALL_HINT",
     "LOCALHOST",
+    "IoTFlowBackend",
     "ManagedProcess",
     "MqttBroker",
     "ProcessStartError",
@@ -40,6 +42,7 @@ __all__ = [
     "pick_free_port",
     "pick_port_candidates",
     "port_accepts",
+    "start_iotflow_backend",
     "start_local_broker",
     "start_with_port_retry",
     "stop_all",
