@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
 from iotix.model.types import DeviceModel
 
 __version__ = "0.1.0"
+
+#: Long waits print their progress to the console this often.
+PROGRESS_EVERY_S = 5.0
 
 EXPORT_COLUMNS = [
     "deviceId",
@@ -242,9 +246,9 @@ class DeviceFleet:
             what = "was never started" if fleet.state == "created" else "is stopped"
             raise AssertionError(f"Fleet '{name}' {what}: use Start Fleet first.")
 
-        async def wait() -> bool:
+        async def wait(span: float) -> bool:
             loop = asyncio.get_running_loop()
-            end = loop.time() + limit
+            end = loop.time() + span
             while True:
                 if fleet.devices and all(d.state is DeviceState.RUNNING for d in fleet.devices):
                     return True
@@ -254,10 +258,21 @@ class DeviceFleet:
                     return False
                 await asyncio.sleep(0.05)
 
-        if self._ctx.call(wait, timeout=limit + 10):
-            logger.info(f"Fleet '{name}': all {len(fleet.devices)} devices running.")
-            return
-        raise AssertionError(self._not_running_message(fleet, limit))
+        started = time.monotonic()
+        while True:  # in slices, so that a long launch shows its progress on the console
+            remaining = limit - (time.monotonic() - started)
+            if self._ctx.call(wait, max(0.0, min(PROGRESS_EVERY_S, remaining)), timeout=limit + 10):
+                logger.info(f"Fleet '{name}': all {len(fleet.devices)} devices running.")
+                return
+            if time.monotonic() - started >= limit:
+                raise AssertionError(self._not_running_message(fleet, limit))
+            running = self._ctx.call(lambda: fleet.count_states()["running"])
+            progress = (
+                f"Fleet '{name}': {running:,} of {len(fleet.devices):,} devices running after "
+                f"{time.monotonic() - started:.0f} s (launched {fleet.launched:,})."
+            )
+            logger.info(progress)
+            logger.console(progress)
 
     def _not_running_message(self, fleet: Fleet, limit: float) -> str:
         def collect() -> tuple[dict[str, int], dict[str, list[str]]]:
