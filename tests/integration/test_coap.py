@@ -14,14 +14,12 @@ from typing import Any
 
 import cbor2
 import pytest
+from harness import Harness as BaseHarness
 
 from iotix.encode import decode_envelope
 from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import Fleet
-from iotix.fleet.simulator import Simulator
 from iotix.fleet.timeline import DropoutSettings, LaunchSettings
-from iotix.model.loader import load_model_dict
-from iotix.runtime import Runtime
 from iotix.services.coap_server import CoapSink
 from iotix.transport.coap import ACK, CON, RST, CoapTransport, empty_message, encode_message, parse_message
 from iotix.transport.coap_client import CoapClientError, coap_request, observe
@@ -58,46 +56,16 @@ def model_dict(interval_ms: int = 100, payload_format: str = "json", **connectio
     }
 
 
-class Harness:
-    """A private runtime + simulator + CoAP sink (on the runtime loop)."""
-
-    def __init__(self) -> None:
-        self.rt = Runtime()
-        self.sim: Simulator = self.rt.call(lambda: Simulator(self.rt.loop))
-        self.sinks: list[CoapSink] = []
+class Harness(BaseHarness):
+    """The shared harness plus CoAP sinks on the runtime loop."""
 
     def sink(self, **kwargs: Any) -> CoapSink:
         sink = self.rt.call(CoapSink.start, **kwargs)
-        self.sinks.append(sink)
+        self.on_close(lambda: self.rt.call(sink.stop))
         return sink
 
-    def fleet(self, name: str, data: dict, count: int, port: int | None = None) -> Fleet:
-        model = load_model_dict(data)
-        conn = dict(model.connection)
-        if port is not None:
-            conn["port"] = port
-        ids = [f"{name}-{i}" for i in range(count)]
-        return self.rt.call(lambda: self.sim.create_fleet(name, model, ids, connection=conn))
-
-    def start(self, fleet: Fleet, settings: LaunchSettings | None = None) -> None:
-        self.rt.call(fleet.start, settings or LaunchSettings())
-
-    def wait(self, predicate, timeout: float = 10.0, what: str = "condition") -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.rt.call(predicate):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{what} did not become true within {timeout} s")
-
-    def running(self, fleet: Fleet) -> None:
-        self.wait(lambda: all(d.state is DeviceState.RUNNING for d in fleet.devices), what="fleet running")
-
-    def close(self) -> None:
-        self.rt.call(self.sim.shutdown)
-        for sink in self.sinks:
-            self.rt.call(sink.stop)
-        self.rt.stop()
+    def fleet(self, name: str, data: dict, count: int, port: int | None = None, **kwargs: Any) -> Fleet:
+        return super().fleet(name, data, count, connection={"port": port} if port is not None else None, **kwargs)
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import time
 from typing import Any
 
 import pytest
+from harness import Harness as BaseHarness
+from harness import all_running
 
 from iotix.fleet.device import DeviceState
-from iotix.fleet.fleet import Credentials, Fleet, FleetOptions
-from iotix.fleet.simulator import Simulator
+from iotix.fleet.fleet import Credentials, FleetOptions
 from iotix.fleet.timeline import DropoutSettings, LaunchSettings
-from iotix.model.loader import load_model_dict
-from iotix.runtime import Runtime
 from iotix.services import find_mosquitto, start_local_broker
 from iotix.transport.mqtt_probe import MqttProbe
 
@@ -61,25 +60,16 @@ def model_dict(model_id: str = "it-sensor", interval_ms: int = 100, qos: int = 0
     }
 
 
-def all_running(fleet: Fleet) -> bool:
-    return all(d.state is DeviceState.RUNNING for d in fleet.devices)
-
-
-class Harness:
-    """A private runtime + simulator + receiver against one broker."""
+class Harness(BaseHarness):
+    """The shared harness with fleets pointed at one broker, and a receiver."""
 
     def __init__(self, broker) -> None:
+        super().__init__()
         self.broker = broker
-        self.rt = Runtime()
-        self.sim: Simulator = self.rt.call(lambda: Simulator(self.rt.loop))
         self.probe: MqttProbe | None = None
 
-    def fleet(self, name: str, data: dict, count: int, **kwargs: Any) -> Fleet:
-        model = load_model_dict(data)
-        conn = {**model.connection, "host": self.broker.host, "port": self.broker.port}
-        conn.update(kwargs.pop("connection", {}))
-        ids = [f"{name}-{i}" for i in range(count)]
-        return self.rt.call(lambda: self.sim.create_fleet(name, model, ids, connection=conn, **kwargs))
+    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
+        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
 
     def receiver(self, topic: str = "it/#", qos: int = 1) -> MqttProbe:
         async def make() -> MqttProbe:
@@ -88,25 +78,9 @@ class Harness:
             await probe.subscribe(topic, qos)
             return probe
 
-        self.probe = self.rt.call(make)
-        return self.probe
-
-    def start(self, fleet: Fleet, settings: LaunchSettings | None = None) -> None:
-        self.rt.call(fleet.start, settings or LaunchSettings())
-
-    def wait(self, predicate, timeout: float = 15.0, what: str = "condition") -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.rt.call(predicate):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{what} did not become true within {timeout} s")
-
-    def close(self) -> None:
-        self.rt.call(self.sim.shutdown)
-        if self.probe is not None:
-            self.rt.call(self.probe.close)
-        self.rt.stop()
+        self.probe = probe = self.rt.call(make)
+        self.on_close(lambda: self.rt.call(probe.close))
+        return probe
 
 
 @pytest.fixture(scope="module")

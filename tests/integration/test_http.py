@@ -14,13 +14,11 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
+from harness import Harness, all_running
 
 from iotix.fleet.device import DeviceState
-from iotix.fleet.fleet import Credentials, Fleet
-from iotix.fleet.simulator import Simulator
+from iotix.fleet.fleet import Credentials
 from iotix.fleet.timeline import DropoutSettings, LaunchSettings
-from iotix.model.loader import load_model_dict
-from iotix.runtime import Runtime
 from iotix.services import find_mosquitto, start_iotflow_backend, start_local_broker
 from iotix.transport.http import forget_api_keys, iso_utc, override_host_port
 from iotix.transport.mqtt_probe import MqttProbe
@@ -121,45 +119,6 @@ def http_model(url: str, model_id: str = "it-http", interval_ms: int = 100, **co
             },
         ],
     }
-
-
-def all_running(fleet: Fleet) -> bool:
-    return all(d.state is DeviceState.RUNNING for d in fleet.devices)
-
-
-class Harness:
-    """A private runtime + simulator."""
-
-    def __init__(self) -> None:
-        self.rt = Runtime()
-        self.sim: Simulator = self.rt.call(lambda: Simulator(self.rt.loop))
-
-    def fleet(self, name: str, data: dict[str, Any], count: int, **kwargs: Any) -> Fleet:
-        model = load_model_dict(data)
-        conn = {**model.connection, **kwargs.pop("connection", {})}
-        ids = kwargs.pop("ids", None) or [f"{name}-{i}" for i in range(count)]
-        return self.rt.call(lambda: self.sim.create_fleet(name, model, ids, connection=conn, **kwargs))
-
-    def start(self, fleet: Fleet, settings: LaunchSettings | None = None) -> None:
-        self.rt.call(fleet.start, settings or LaunchSettings())
-
-    def stop(self, fleet: Fleet) -> None:
-        self.rt.call(fleet.stop)
-
-    def delete(self, fleet: Fleet) -> None:
-        self.rt.call(self.sim.delete_fleet, fleet.name)
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.rt.call(predicate):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"{what} did not become true within {timeout} s")
-
-    def close(self) -> None:
-        self.rt.call(self.sim.shutdown)
-        self.rt.stop()
 
 
 @pytest.fixture
