@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from iotix._robot.context import Context, KeywordError
 from iotix.fleet.fleet import Fleet
@@ -176,6 +175,3 @@ def describe_failure(
     lead = f"Fleet '{fleet}' " if problems[0].startswith("lost") else f"Fleet '{fleet}': "
     return lead + "; ".join(problems) + f"{suffix} [receiver '{source}']."
 
-
-def report_dict(check: Check) -> dict[str, Any]:
-    return check.report.as_dict()

@@ -52,7 +52,6 @@ class Device:
         "scheduled",
         "sent",
         "seq",
-        "seq_at_start",
         "started_at",
         "state",
         "task",
@@ -74,7 +73,6 @@ class Device:
         self.task: Any = None  # the connect/reconnect task, if one runs
         self.started_at = 0.0  # loop time of the first send; logical time 0 for generators
         self.seq = 0  # messages handed to the transport so far (next envelope's seq)
-        self.seq_at_start = 0
         self.sent = 0
         self.acked = 0
         self.failed = 0

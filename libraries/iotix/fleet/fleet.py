@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotix.behavior import compile_condition, compile_template
 from iotix.encode import make_encoder
-from iotix.errors import ConfigurationError, IoTixError, NotFoundError
+from iotix.errors import ConfigurationError, NotFoundError
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.timeline import (
     DropoutSettings,
@@ -147,14 +147,12 @@ class Fleet:
         self.lateness = Histogram()
         self.errors: list[str] = []
         self.state = "created"
-        self.launch: LaunchSettings | None = None
         self.launch_task: asyncio.Task[None] | None = None
         self.launched = 0
         self.dropout_task: asyncio.Task[None] | None = None
         self.dropout_plan: list[Any] = []
         self.dropouts_done = 0
         self.behaviors_fired = 0
-        self.owner: str | None = None  # who created it (the Robot suite), for cleanup
         self._connect_limit = asyncio.Semaphore(self.options.max_connecting)
         self._rng = random.Random(f"fleet:{name}:{seed}")
 
@@ -185,7 +183,6 @@ class Fleet:
         """Schedule the launch; returns at once. Devices connect at their timeline offsets."""
         if self.state in ("starting", "running"):
             raise ConfigurationError(f"Fleet '{self.name}' is already {self.state}; stop it before starting again.")
-        self.launch = launch
         self.state = "starting"
         self.launched = 0
         self.launch_task = asyncio.get_running_loop().create_task(
@@ -566,6 +563,3 @@ class Fleet:
         """Per device, the sequence numbers handed to the transport so far: ``[0, seq)``."""
         return {d.id: (0, d.seq) for d in self.devices}
 
-
-class FleetError(IoTixError):
-    """A fleet-level operation failed (message names the fleet)."""
