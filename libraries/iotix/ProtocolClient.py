@@ -256,7 +256,11 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
         ``min_messages`` and the loss is at most ``max_loss`` (``0.1%``). Returns the report (expected,
         received, lost, duplicates, out-of-order, latency, worst devices).
 
-        ``source`` is the alias of a subscribed connection (default: ``default``, or the only one).
+        ``source`` names the receiver: the alias of a subscribed MQTT connection, ``coap`` (the local
+        CoAP server), ``observe:<alias>`` (a CoAP observation) or ``iotflow`` (the local IoTFlow
+        backend's store). By default: the local CoAP server (or the only observation) for a CoAP fleet,
+        the IoTFlow backend for an IoTFlow fleet that sends over HTTP, else the MQTT connection
+        ``default`` (or the only one). An unknown name fails and lists the receivers there are.
 
         | Telemetry Should Be Received From Fleet    env    min_messages=5    max_loss=0.1%
         """
@@ -264,7 +268,7 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
         f = self._ctx.simulator.fleet(fleet)
         src = pick_source(self._ctx, source, f)
         limit = seconds(timeout)
-        check = self._ctx.call(collect, f, src, limit, min_messages, timeout=limit + 10)
+        check = self._ctx.call(collect, f, src, limit, min_messages, max_pct, timeout=limit + 10)
         report = check.report
         failure = describe_failure(fleet, report, max_pct, min_messages, src.name)
         summary = report.as_dict()

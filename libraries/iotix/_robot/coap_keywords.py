@@ -159,14 +159,29 @@ class CoapKeywords:
 
     @keyword("CoAP POST")
     def coap_post(
-        self, uri: str, payload: str = "", content_format: str = "json", timeout: timedelta = timedelta(seconds=10)
+        self,
+        uri: str,
+        payload: str | bytes = "",
+        content_format: str = "json",
+        timeout: timedelta = timedelta(seconds=10),
     ) -> dict[str, Any]:
-        """Sends a confirmable POST (``content_format`` json, cbor, text, octet-stream or a number)."""
+        """Sends a confirmable POST; returns ``code``, ``payload`` and ``ok`` like `CoAP GET`.
+
+        ``payload`` is text (sent as UTF-8) or bytes; ``content_format`` is json, cbor, text,
+        octet-stream or a number; an empty one sends no Content-Format option.
+
+        | ${r} =    CoAP POST    coap://127.0.0.1:${port}/commands/switch    {"state": "off"}
+        | Should Be Equal    ${r}[code]    2.04
+        """
         return self._request("POST", uri, payload, content_format, timeout)
 
     @keyword("CoAP PUT")
     def coap_put(
-        self, uri: str, payload: str = "", content_format: str = "json", timeout: timedelta = timedelta(seconds=10)
+        self,
+        uri: str,
+        payload: str | bytes = "",
+        content_format: str = "json",
+        timeout: timedelta = timedelta(seconds=10),
     ) -> dict[str, Any]:
         """Sends a confirmable PUT; see `CoAP POST`."""
         return self._request("PUT", uri, payload, content_format, timeout)

@@ -69,8 +69,10 @@ def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
     """The receiver named ``source``, or the default one for the fleet's protocol.
 
     Names: an MQTT connection alias, ``coap`` (the local CoAP server), ``observe:<alias>`` (a CoAP
-    observation), ``iotflow`` (the local IoTFlow backend's store). Without a name: the local CoAP server
-    for a CoAP fleet, the IoTFlow backend for an HTTP fleet, the MQTT receiver otherwise.
+    observation), ``iotflow`` (the local IoTFlow backend's store). Without a name: the local CoAP server (or
+    the only observation) for a CoAP fleet, the IoTFlow backend for an IoTFlow fleet that sends over HTTP, the
+    MQTT receiver otherwise; a CoAP or IoTFlow fleet without its receiver fails (an MQTT receiver cannot have
+    seen its telemetry) and the message lists the receivers there are.
     """
     from iotix._robot.coap_keywords import coap_sources
     from iotix._robot.iotflow_keywords import iotflow_sources
@@ -87,18 +89,35 @@ def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
             "and subscribe an MQTT receiver, start a local CoAP server or IoTFlow backend, or observe a resource."
         )
     protocol = fleet.model.protocol
+    probes = ctx.services.get("probes", {})
+    available = ", ".join(repr(k) for k in [*probes, *others]) or "none"
     if protocol == "coap":
         if "coap" in others:
             return others["coap"]
         observed = [k for k in others if k.startswith("observe:")]
         if len(observed) == 1:
             return others[observed[0]]
-    if protocol == "http" and "iotflow" in others and fleet.connection.get("telemetryOver") != "mqtt":
-        return others["iotflow"]
-    if protocol in ("coap", "http") and not ctx.services.get("probes"):
+        if observed:
+            raise KeywordError(
+                f"Fleet '{fleet.name}' (coap): several CoAP observations could have collected its telemetry "
+                f"({', '.join(repr(k) for k in observed)}); say which with source=."
+            )
         raise KeywordError(
-            f"Fleet '{fleet.name}' ({protocol}): no receiver collects its telemetry; start a local CoAP server / "
-            "IoTFlow backend, or name one with source=."
+            f"Fleet '{fleet.name}' (coap): no CoAP receiver collects its telemetry (available: {available}); "
+            "start a local CoAP server or observe a resource, or name a receiver with source=."
+        )
+    connection = fleet.connection
+    if protocol == "http" and connection.get("flow") == "iotflow" and connection.get("telemetryOver") != "mqtt":
+        if "iotflow" in others:
+            return others["iotflow"]
+        raise KeywordError(
+            f"Fleet '{fleet.name}' (http, IoTFlow flow): no local IoTFlow backend collects its telemetry "
+            f"(available: {available}); start one with Start Local IoTFlow Backend, or name a receiver with source=."
+        )
+    if protocol == "http" and not probes:
+        raise KeywordError(
+            f"Fleet '{fleet.name}' (http): no receiver collects its telemetry (available: {available}); connect "
+            "and subscribe an MQTT receiver, start a local IoTFlow backend, or name one with source=."
         )
     return probe_source(pick_probe(ctx, source))
 
@@ -120,8 +139,12 @@ class Check:
     expected: dict[str, tuple[int, int]]
 
 
-async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: int = 0) -> Check:
-    """Wait until every message the fleet had sent when the check began arrived (or ``timeout``)."""
+async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: int = 0, max_loss: float = 0.0) -> Check:
+    """Wait until every message the fleet had sent when the check began arrived (or ``timeout``).
+
+    With ``max_loss`` (percent) above 0 it is enough that the loss is within it: a check that tolerates loss
+    does not wait out its timeout for messages that are really lost.
+    """
     loop = asyncio.get_running_loop()
     expected = expected_ranges(fleet, source)
     end = loop.time() + timeout
@@ -129,7 +152,8 @@ async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: in
         if source.refresh is not None:
             await source.refresh()
         report = source.tracker.report(expected)
-        complete = report.lost == 0 and all(r.received >= min_messages for r in report.devices)
+        delivered = report.lost == 0 or (max_loss > 0 and report.loss_pct <= max_loss)
+        complete = delivered and all(r.received >= min_messages for r in report.devices)
         if complete or loop.time() >= end:
             return Check(report, expected)
         if min_messages:  # wait for new messages too: widen the window to what has been sent by now
@@ -174,4 +198,3 @@ def describe_failure(
     suffix = f" ({', '.join(extra)})" if extra else ""
     lead = f"Fleet '{fleet}' " if problems[0].startswith("lost") else f"Fleet '{fleet}': "
     return lead + "; ".join(problems) + f"{suffix} [receiver '{source}']."
-

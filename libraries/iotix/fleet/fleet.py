@@ -562,4 +562,3 @@ class Fleet:
     def expected_sequences(self) -> dict[str, tuple[int, int]]:
         """Per device, the sequence numbers handed to the transport so far: ``[0, seq)``."""
         return {d.id: (0, d.seq) for d in self.devices}
-

@@ -11,8 +11,10 @@ Test Teardown       Delete All Fleets
 
 
 *** Variables ***
-@{SHIPPED}          air-quality-monitor    camera    door-lock    ecg-monitor-v1    environmental-sensor-v1
-...                 gps-tracker    industrial-gateway-v1    replay-sensor-v1    simple-temperature    smart-meter
+@{SHIPPED}          air-quality-monitor    camera    coap-smart-plug    coap-soil-sensor    door-lock    ecg-monitor-v1
+...                 environmental-sensor-v1    gps-tracker    industrial-gateway-v1    iotflow-hybrid-sensor
+...                 iotflow-smart-sensor    iotflow-smart-sensor-energy-efficient    iotflow-smart-sensor-high-frequency
+...                 iotflow-smart-sensor-industrial    replay-sensor-v1    simple-temperature    smart-meter
 ...                 smart-sensor-default    smart-sensor-energy-efficient    smart-sensor-high-frequency
 ...                 smart-sensor-industrial    temperature-sensor    thermostat
 # Four problems: a number where a string is expected, a QoS out of range, an unknown template variable and a
@@ -32,6 +34,21 @@ ${BROKEN MODEL}     SEPARATOR=\n
 ...                 ${SPACE * 4}type: number
 ...                 ${SPACE * 4}intervalMs: 500
 ...                 ${SPACE * 4}generator: {type: random, min: 10, max: 5}
+...                 ${EMPTY}
+# An HTTP model without its URL and a CoAP model with a mode that does not exist.
+${HTTP WITHOUT URL}    SEPARATOR=\n
+...                 id: no-url-sensor
+...                 name: HTTP sensor without a URL
+...                 version: 1.0.0
+...                 type: sensor
+...                 protocol: http
+...                 connection:
+...                 ${SPACE * 2}flow: iotflow
+...                 telemetry:
+...                 ${SPACE * 2}- name: temperature
+...                 ${SPACE * 4}type: number
+...                 ${SPACE * 4}intervalMs: 500
+...                 ${SPACE * 4}generator: {type: random, min: 0, max: 5}
 ...                 ${EMPTY}
 
 
@@ -60,7 +77,7 @@ A Single YAML File Loads One Model
 A Loaded Model Can Be Used By Its Id
     [Documentation]    After loading, Create Fleet takes the model id.
     ${ids} =    Load Device Models    ${ACCEPTANCE MODELS}
-    Should Be Equal    ${ids}    ${{ ['acceptance-sensor'] }}
+    List Should Contain Value    ${ids}    acceptance-sensor
     ${fleet} =    Create Fleet    acceptance-sensor    count=2    name=by-id
     Should Be Equal    ${fleet}    by-id
     ${devices} =    Get Devices    ${fleet}
@@ -81,6 +98,20 @@ A Broken Model File Fails With The File And Every Problem
     Should Contain    ${error}    - version: expected a string, got number 1.0
     Should Contain    ${error}    - connection.topicPattern: unknown variable 'nope'
     Should Contain    ${error}    - telemetry[0].generator.max: must be >= min (10), got 5
+
+The Connection Block Is Checked Per Protocol
+    [Documentation]    An http model needs connection.url; a CoAP model's mode is client or server.
+    Create File    ${WORKDIR}/protocols/no-url.yaml    ${HTTP WITHOUT URL}
+    Run Keyword And Expect Error
+    ...    Device model '*no-url.yaml' is invalid (1 problem):*connection.url: required for protocol 'http'*
+    ...    Load Device Models    ${WORKDIR}/protocols/no-url.yaml
+    ${coap} =    Get File    ${MODELS}/coap-soil-sensor.yaml
+    ${coap} =    Replace String    ${coap}    mode: client    mode: satellite
+    ${coap} =    Replace String    ${coap}    id: coap-soil-sensor    id: satellite-sensor
+    Create File    ${WORKDIR}/protocols-coap/satellite.yaml    ${coap}
+    Run Keyword And Expect Error
+    ...    Device model '*satellite.yaml' is invalid (1 problem):*connection.mode: expected one of: client, server;*
+    ...    Load Device Models    ${WORKDIR}/protocols-coap/satellite.yaml
 
 A YAML Syntax Error Gives Its Line And Column
     [Documentation]    A file that is not YAML is reported at (root) with the position of the error.

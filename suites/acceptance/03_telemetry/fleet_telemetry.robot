@@ -87,7 +87,7 @@ Wrong Arguments Of The Check Are Refused
     Run Keyword And Expect Error    max_loss must be between 0% and 100%, got 150%.
     ...    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=150%
     Run Keyword And Expect Error
-    ...    No receiver with alias 'backend' (connected: 'default'); use Connect To MQTT Broker and Subscribe*
+    ...    No receiver named 'backend' (available: 'default'); connect and subscribe an MQTT receiver, start*
     ...    Telemetry Should Be Received From Fleet    ${fleet}    source=backend
     Run Keyword And Expect Error    No fleet named 'nope' (fleets: args).
     ...    Telemetry Should Be Received From Fleet    nope

@@ -95,9 +95,9 @@ Metrics Keywords Need An Existing Fleet And Receiver
     ${fleet} =    Create Local Fleet    acceptance-sensor    name=metrics-args
     Run Keyword And Expect Error    No fleet named 'nope' (fleets: metrics-args).
     ...    Get Telemetry Report    nope
-    Run Keyword And Expect Error    No receiver with alias 'ghost' (connected: 'default')*
+    Run Keyword And Expect Error    No receiver named 'ghost' (available: 'default')*
     ...    Get Telemetry Report    ${fleet}    source=ghost
-    Run Keyword And Expect Error    No receiver with alias 'ghost'*
+    Run Keyword And Expect Error    No receiver named 'ghost'*
     ...    Export Telemetry Report    ${fleet}    ${WORKDIR}/ghost.json    source=ghost
     Run Keyword And Expect Error    No fleet named 'nope'*
     ...    Latency Should Be Below    nope    1s
