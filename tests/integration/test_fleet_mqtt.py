@@ -126,6 +126,25 @@ def test_every_message_arrives_and_mosquitto_sub_agrees(h: Harness) -> None:
         assert seqs == list(range(len(seqs)))  # in order, no gap, no duplicate
 
 
+def test_a_graceful_disconnect_writes_what_was_corked_first(h: Harness) -> None:
+    """QoS 0 packets are corked until the end of the loop iteration; a stop in that same iteration must
+    write them before DISCONNECT (at high rates a stop always finds some)."""
+    probe = h.receiver("it/it-sensor/+/telemetry", qos=0)
+    fleet = h.fleet("cork", model_dict(interval_ms=60000), 3)
+    h.start(fleet)
+    h.running(fleet)
+
+    async def send_then_disconnect() -> None:
+        for device in fleet.devices:
+            payload = json.dumps({"deviceId": device.id, "seq": 1, "ts": 0}).encode()
+            assert fleet.transport.send(device, payload)  # corked, not yet written
+            await fleet.transport.disconnect(device)  # no await in between: same loop iteration
+
+    h.rt.call(send_then_disconnect)
+    h.wait(lambda: probe.tracker.total >= 6, 5, "the corked messages at the receiver")
+    assert all(track.count_seen(0, 2) == 2 for track in probe.tracker.devices.values())
+
+
 def test_receiver_tracker_sees_no_loss_at_qos1(h: Harness) -> None:
     probe = h.receiver()
     fleet = h.fleet("q1", model_dict(interval_ms=50, qos=1), 10)

@@ -320,8 +320,10 @@ class LoopClient(mqtt.Client):
         self._state = mqtt._ConnectionState.MQTT_CS_CONNECTION_LOST
 
     def close_gracefully(self) -> None:
-        """Send DISCONNECT (no last will) and close."""
+        """Write what is corked, send DISCONNECT (no last will) and close."""
         if self._sock is not None:
+            if self._pending:
+                self.flush_pending()
             self.disconnect()
             # paho writes DISCONNECT immediately; whatever did not fit is lost with the connection anyway.
             self._sock_close()
