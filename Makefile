@@ -43,6 +43,7 @@ libdoc: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench/mqtt_fleet.py
+	$(BIN)/python tools/bench/coap_http.py --protocol both
 
 clean:
 	rm -rf $(VENV) results/* build *.egg-info
