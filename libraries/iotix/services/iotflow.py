@@ -16,15 +16,13 @@ import os
 import re
 import secrets
 import sys
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple
 
 import iotix
 from iotix.errors import ConfigurationError
-from iotix.services.process import LOCALHOST, ManagedProcess, start_with_port_retry
+from iotix.services.local_server import LocalServer
+from iotix.services.process import LOCALHOST, ManagedProcess
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -70,7 +68,7 @@ def ready_line(host: str, port: int) -> str:
     return f"IoTFlow backend listening on {host}:{port}"
 
 
-class IoTFlowBackend:
+class IoTFlowBackend(LocalServer):
     """A local IoTFlow-compatible backend process that can be stopped and restarted.
 
     ``port=0`` picks a free port at the first start; later starts reuse it and the same database, so devices
@@ -80,6 +78,10 @@ class IoTFlowBackend:
     endpoint answers 404). Database and log live in a new directory under ``workdir`` (default: the temp
     directory) unless ``db_path`` names the database.
     """
+
+    NAME = "IoTFlow backend"
+    DIR_PREFIX = "iotix-iotflow-"
+    LOG_NAME = "iotflow.log"
 
     def __init__(
         self,
@@ -96,8 +98,7 @@ class IoTFlowBackend:
         access_log: bool = False,
         startup_timeout: float = 15.0,
     ) -> None:
-        if not 0 <= port <= 65535:
-            raise ConfigurationError(f"IoTFlow backend port must be 0..65535, got {port}.")
+        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
         if admin_token is not None and (not admin_token or admin_token != admin_token.strip()):
             raise ConfigurationError("The IoTFlow admin token must be non-empty, without surrounding spaces.")
         if mqtt_port is not None and not 0 < mqtt_port <= 65535:
@@ -106,31 +107,15 @@ class IoTFlowBackend:
             raise ConfigurationError("An MQTT port was given without an MQTT host.")
         if not online_window > 0:
             raise ConfigurationError(f"Online window must be positive, got {online_window}.")
-        self._port = port
-        self._host = host
         self._admin_token = admin_token or secrets.token_urlsafe(24)
         self._rate_limit = parse_rate_limit(rate_limit) if isinstance(rate_limit, str) else rate_limit
         self._mqtt_host = mqtt_host
         self._mqtt_port = mqtt_port if mqtt_port is not None else (1883 if mqtt_host is not None else None)
-        self._workdir = Path(workdir) if workdir is not None else None
         self._db_path = Path(db_path) if db_path is not None else None
         self._online_window = online_window
         self._access_log = access_log
-        self._startup_timeout = startup_timeout
-        self._dir: Path | None = None
-        self._process: ManagedProcess | None = None
 
     # ---------------------------------------------------------------- properties
-
-    @property
-    def host(self) -> str:
-        """Address the backend listens on."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The backend's port (0 until the first start when a free port is to be picked)."""
-        return self._port
 
     @property
     def url(self) -> str:
@@ -157,21 +142,6 @@ class IoTFlowBackend:
         """The SQLite database file."""
         return self._db_path if self._db_path is not None else self._directory() / "iotflow.db"
 
-    @property
-    def log_path(self) -> Path:
-        """The server's log file (output of every start, appended)."""
-        return self._directory() / "iotflow.log"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the last start, or None."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the backend process is alive."""
-        return self._process is not None and self._process.is_running
-
     def info(self) -> dict[str, Any]:
         """``{'url', 'host', 'port', 'admin_token', 'db_path'}`` of this backend (``db_path`` as a string)."""
         return {
@@ -183,30 +153,6 @@ class IoTFlowBackend:
         }
 
     # ---------------------------------------------------------------- lifecycle
-
-    def start(self) -> IoTFlowBackend:
-        """Start the backend (no-op if running) and wait until it serves; return self.
-
-        The first start with ``port=0`` retries with new free ports while the port is taken by someone else;
-        a start on a known port retries that port a few times.
-        """
-        if self.is_running:
-            return self
-        self._process = start_with_port_retry(self._make_process, self._port, host=self._host)
-        self._port = self._process.port
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the backend (SIGTERM: pending writes are committed; SIGKILL after ``timeout`` s). No-op if stopped."""
-        if self._process is not None:
-            self._process.stop(timeout=timeout)
-
-    def restart(self, down_for: float = 0.0) -> IoTFlowBackend:
-        """Stop the backend, stay down ``down_for`` seconds, start it again on the same port and database."""
-        self.stop()
-        if down_for > 0:
-            time.sleep(down_for)
-        return self.start()
 
     def command(self, port: int) -> list[str]:
         """The server's command line for ``port`` (the admin token is not part of it)."""
@@ -255,27 +201,6 @@ class IoTFlowBackend:
         existing = env.get("PYTHONPATH")
         env["PYTHONPATH"] = package_root if not existing else os.pathsep.join((package_root, existing))
         return env
-
-    def _directory(self) -> Path:
-        if self._dir is None:
-            if self._workdir is not None:
-                self._workdir.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="iotix-iotflow-", dir=self._workdir))
-        return self._dir
-
-    # ---------------------------------------------------------------- context manager, repr
-
-    def __enter__(self) -> IoTFlowBackend:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return f"<IoTFlowBackend {self.url} {state}>"
 
 
 def start_iotflow_backend(

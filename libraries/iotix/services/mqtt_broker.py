@@ -12,14 +12,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from iotix.errors import ConfigurationError, IoTixError
-from iotix.services.process import LOCALHOST, ManagedProcess, start_with_port_retry
+from iotix.services.local_server import LocalServer
+from iotix.services.process import LOCALHOST, ManagedProcess
 
 __all__ = [
     "BROKER_KINDS",
@@ -103,13 +101,17 @@ def amqtt_config(port: int, host: str = LOCALHOST) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-class MqttBroker:
+class MqttBroker(LocalServer):
     """A local MQTT broker process (``kind`` 'mosquitto' or 'amqtt') that can be stopped and restarted.
 
     ``port=0`` picks a free port at the first start; later starts reuse it. Configuration and log live in a
     new directory under ``workdir`` (default: the temp directory), readable by the ``mosquitto`` user that
     Mosquitto switches to when started as root.
     """
+
+    NAME = "MQTT broker"
+    LOG_NAME = "broker.log"
+    DIR_MODE = 0o755
 
     def __init__(
         self,
@@ -124,17 +126,9 @@ class MqttBroker:
         if kind not in BROKER_KINDS:
             choices = ", ".join(BROKER_KINDS)
             raise ConfigurationError(f"Unknown MQTT broker kind {kind!r}: use one of {choices}.")
-        if not 0 <= port <= 65535:
-            raise ConfigurationError(f"MQTT broker port must be 0..65535, got {port}.")
+        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
         self._kind = kind
-        self._port = port
-        self._host = host
-        self._workdir = Path(workdir) if workdir is not None else None
-        self._startup_timeout = startup_timeout
-        self._dir: Path | None = None
-        self._process: ManagedProcess | None = None
-
-    # ---------------------------------------------------------------- properties
+        self.DIR_PREFIX = f"iotix-{kind}-"
 
     @property
     def kind(self) -> str:
@@ -142,78 +136,18 @@ class MqttBroker:
         return self._kind
 
     @property
-    def host(self) -> str:
-        """Address the broker listens on."""
-        return self._host
-
-    @property
-    def port(self) -> int:
-        """The broker's port (0 until the first start when a free port is to be picked)."""
-        return self._port
-
-    @property
     def url(self) -> str:
         """``mqtt://host:port``."""
         return f"mqtt://{self._host}:{self._port}"
-
-    @property
-    def log_path(self) -> Path:
-        """The broker's log file (output of every start, appended)."""
-        return self._directory() / "broker.log"
 
     @property
     def config_path(self) -> Path:
         """The configuration file of the last start."""
         return self._directory() / _CONFIG_NAMES[self._kind]
 
-    @property
-    def pid(self) -> int | None:
-        """Process id of the last start, or None."""
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the broker process is alive."""
-        return self._process is not None and self._process.is_running
-
     def info(self) -> dict[str, Any]:
         """``{'host', 'port', 'kind', 'url'}`` of this broker."""
         return {"host": self._host, "port": self._port, "kind": self._kind, "url": self.url}
-
-    # ---------------------------------------------------------------- lifecycle
-
-    def start(self) -> MqttBroker:
-        """Start the broker (no-op if running) and wait until it accepts connections; return self.
-
-        The first start with ``port=0`` retries with new free ports while the port is taken by someone else;
-        a start on a known port retries that port a few times (it may still be in use briefly).
-        """
-        if self.is_running:
-            return self
-        command = self._command()
-        self._process = start_with_port_retry(
-            lambda port: self._make_process(command, port), self._port, host=self._host
-        )
-        self._port = self._process.port
-        return self
-
-    def stop(self, timeout: float = 5.0, *, keep_files: bool = False) -> None:
-        """Stop the broker process (SIGTERM, then SIGKILL after ``timeout`` seconds). No-op if not running.
-
-        Its temporary folder (config and log) is removed unless ``keep_files`` or a ``workdir`` was given.
-        """
-        if self._process is not None:
-            self._process.stop(timeout=timeout)
-        if not keep_files and self._workdir is None and self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-    def restart(self, down_for: float = 0.0) -> MqttBroker:
-        """Stop the broker, stay down ``down_for`` seconds, start it again on the same port; return self."""
-        self.stop(keep_files=True)
-        if down_for > 0:
-            time.sleep(down_for)
-        return self.start()
 
     def _command(self) -> list[str]:
         if self._kind == "mosquitto":
@@ -226,7 +160,8 @@ class MqttBroker:
             raise IoTixError(f"The embedded amqtt broker is not installed: {INSTALL_HINT}.")
         return command
 
-    def _make_process(self, command: list[str], port: int) -> ManagedProcess:
+    def _make_process(self, port: int) -> ManagedProcess:
+        command = self._command()
         config = self.config_path
         text = mosquitto_config if self._kind == "mosquitto" else amqtt_config
         config.write_text(text(port, self._host), encoding="utf-8")
@@ -243,25 +178,6 @@ class MqttBroker:
             failure_pattern=_FAILURE_PATTERNS[self._kind],
             startup_timeout=self._startup_timeout,
         )
-
-    def _directory(self) -> Path:
-        if self._dir is None:
-            if self._workdir is not None:
-                self._workdir.mkdir(parents=True, exist_ok=True)
-            directory = Path(tempfile.mkdtemp(prefix=f"iotix-{self._kind}-", dir=self._workdir))
-            directory.chmod(0o755)
-            self._dir = directory
-        return self._dir
-
-    # ---------------------------------------------------------------- context manager, repr
-
-    def __enter__(self) -> MqttBroker:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
