@@ -580,20 +580,9 @@ class HttpTransport(Transport):
         return client
 
     def _publish_mqtt(self, device: Device, client: LoopClient, payload: bytes) -> bool:
-        if self.qos == 0:
-            field = client.fast_topic
-            if field is None:
-                field = client.fast_topic = client.topic_field(device.topic or "")
-            if client.publish_qos0(field, payload):
-                return True
-            device.last_error = "publish failed: not connected"
-            return False
-        info = client.publish(device.topic or "", payload, self.qos)
-        if info.rc:
-            device.last_error = f"publish failed: {info.rc}"
-            return False
-        client.kick()
-        return True
+        from iotix.transport.mqtt import publish_telemetry  # MQTT only for hybrid fleets
+
+        return publish_telemetry(device, client, payload, self.qos)
 
     # -- sending ------------------------------------------------------------------------------------------
 

@@ -60,6 +60,24 @@ def watch_device_client(client: LoopClient, *, count_acks: bool = False) -> None
         client.on_publish = _on_publish
 
 
+def publish_telemetry(device: Device, client: LoopClient, payload: bytes, qos: int) -> bool:
+    """Publish one telemetry payload to ``device.topic`` (QoS 0 on the corked fast path)."""
+    if qos == 0:
+        field = client.fast_topic
+        if field is None:
+            field = client.fast_topic = client.topic_field(device.topic or "")
+        if client.publish_qos0(field, payload):
+            return True
+        device.last_error = "publish failed: not connected"
+        return False
+    info = client.publish(device.topic or "", payload, qos)
+    if info.rc != OK:
+        device.last_error = f"publish failed: {info.rc}"
+        return False
+    client.kick()
+    return True
+
+
 def _on_message(client: LoopClient, device: Device, message: Any) -> None:
     transport: MqttTransport = device.fleet.transport  # type: ignore[assignment]
     name = transport.command_for_topic(device, message.topic)
@@ -198,13 +216,7 @@ class MqttTransport(Transport):
         if qos is None:
             qos = self.qos
         if qos == 0 and not retain and (topic is None or topic == device.topic):
-            field = client.fast_topic
-            if field is None:
-                field = client.fast_topic = client.topic_field(device.topic or "")
-            if client.publish_qos0(field, payload):
-                return True
-            device.last_error = "publish failed: not connected"
-            return False
+            return publish_telemetry(device, client, payload, 0)
         info = client.publish(topic or device.topic, payload, qos, retain)
         if info.rc != OK:
             device.last_error = f"publish failed: {info.rc}"
