@@ -85,8 +85,9 @@ from iotix.services.iotflow import IoTFlowBackend, start_iotflow_backend  # noqa
 from iotix.transport import coap as coap_wire  # noqa: E402
 from iotix.transport import http as _http_transport  # noqa: E402, F401  (imported before the RSS baseline)
 
-CLK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Json, cpu_seconds, rss_bytes, telemetry  # noqa: E402
+
 SETTLE_S = 2.0  # after the last device is running, before the window
 PAUSE_S = 3.0  # between the IoTix phase and the baseline
 DRAIN_S = 10.0  # at most this long for a baseline's in-flight requests after its window
@@ -95,21 +96,8 @@ HTTP_CONNECTIONS = 100
 HTTP_TIMEOUT_S = 10.0
 TICK_S = 0.005  # the baselines fire what is due in 5 ms ticks, like the IoTix scheduler
 
-Json = dict[str, Any]
 
 # -- /proc measurements ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | str = "self") -> float:
-    """User + system CPU seconds of a process."""
-    with open(f"/proc/{pid}/stat") as fh:
-        parts = fh.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / CLK
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
 
 
 def open_sockets(exclude: frozenset[int] = frozenset()) -> int:
@@ -150,48 +138,6 @@ def latency_summary(samples: list[float]) -> Json:
 
 
 # -- the fleet models -----------------------------------------------------------------------------------
-
-
-def telemetry(interval_ms: int) -> list[Json]:
-    """The four fields of mqtt_fleet.py's bench_model."""
-    return [
-        {
-            "name": "temperature",
-            "type": "number",
-            "unit": "C",
-            "intervalMs": interval_ms,
-            "generator": {
-                "type": "random",
-                "distribution": "normal",
-                "mean": 21,
-                "stddev": 2,
-                "min": -20,
-                "max": 50,
-                "precision": 2,
-            },
-        },
-        {
-            "name": "humidity",
-            "type": "number",
-            "unit": "%",
-            "intervalMs": interval_ms,
-            "generator": {"type": "random", "min": 20, "max": 80, "precision": 1},
-        },
-        {
-            "name": "pressure",
-            "type": "number",
-            "unit": "hPa",
-            "intervalMs": interval_ms,
-            "generator": {"type": "randomWalk", "start": 1013, "step": 0.5, "min": 950, "max": 1050, "precision": 1},
-        },
-        {
-            "name": "battery",
-            "type": "number",
-            "unit": "%",
-            "intervalMs": interval_ms,
-            "generator": {"type": "battery", "start": 100, "drainPerHour": 0.5, "floor": 0},
-        },
-    ]
 
 
 def coap_model(port: int, interval_ms: int) -> Json:

@@ -39,19 +39,8 @@ from iotix.model.loader import load_model_dict  # noqa: E402
 from iotix.runtime import get_runtime  # noqa: E402
 from iotix.services import start_local_broker  # noqa: E402
 
-CLK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_seconds() -> float:
-    with open("/proc/self/stat") as fh:
-        parts = fh.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / CLK
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_seconds, rss_bytes, telemetry  # noqa: E402
 
 
 def bench_model(interval_ms: int) -> dict:
@@ -68,51 +57,7 @@ def bench_model(interval_ms: int) -> dict:
             "qos": 0,
             "keepAlive": 60,
         },
-        "telemetry": [
-            {
-                "name": "temperature",
-                "type": "number",
-                "unit": "C",
-                "intervalMs": interval_ms,
-                "generator": {
-                    "type": "random",
-                    "distribution": "normal",
-                    "mean": 21,
-                    "stddev": 2,
-                    "min": -20,
-                    "max": 50,
-                    "precision": 2,
-                },
-            },
-            {
-                "name": "humidity",
-                "type": "number",
-                "unit": "%",
-                "intervalMs": interval_ms,
-                "generator": {"type": "random", "min": 20, "max": 80, "precision": 1},
-            },
-            {
-                "name": "pressure",
-                "type": "number",
-                "unit": "hPa",
-                "intervalMs": interval_ms,
-                "generator": {
-                    "type": "randomWalk",
-                    "start": 1013,
-                    "step": 0.5,
-                    "min": 950,
-                    "max": 1050,
-                    "precision": 1,
-                },
-            },
-            {
-                "name": "battery",
-                "type": "number",
-                "unit": "%",
-                "intervalMs": interval_ms,
-                "generator": {"type": "battery", "start": 100, "drainPerHour": 0.5, "floor": 0},
-            },
-        ],
+        "telemetry": telemetry(interval_ms),
     }
 
 
