@@ -253,7 +253,7 @@ def test_commands_reboot_and_set_interval_with_response(h: Harness) -> None:
     data["connection"]["commandTopicPattern"] = "it/${deviceId}/cmd/${command}"
     data["commands"] = [
         {"name": "reboot", "responseTopic": "it/${deviceId}/cmd/reboot/response"},
-        {"name": "setInterval", "parameters": [{"name": "intervalMs", "type": "integer"}]},
+        {"name": "setInterval", "parameters": [{"name": "intervalMs", "type": "integer", "required": True}]},
     ]
     probe = h.receiver("it/cmd-0/cmd/#")
     fleet = h.fleet("cmd", data, 1)
@@ -273,6 +273,10 @@ def test_commands_reboot_and_set_interval_with_response(h: Harness) -> None:
     assert device.sent - before >= 10  # was 1/s, now 20/s
     cmds = [c["command"] for c in device.commands]
     assert cmds == ["reboot", "setInterval"]
+    h.rt.call(probe.publish, "it/cmd-0/cmd/setInterval", b"{}", 1)  # intervalMs is required
+    h.wait(lambda: len(device.commands) == 3, what="third command recorded")
+    assert device.commands[-1]["status"] == "error"
+    assert device.interval_override_s == 0.05  # unchanged
 
 
 def test_behavior_fires_on_override_with_values_substituted(h: Harness) -> None:

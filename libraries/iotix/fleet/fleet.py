@@ -402,6 +402,12 @@ class Fleet:
             self.transport.send(device, json.dumps(body, separators=(",", ":")).encode(), topic_out, 1)
 
     def _apply_command(self, device: Device, name: str, params: dict[str, Any]) -> tuple[str, str]:
+        spec = next((c for c in self.model.commands if c.name == name), None)
+        missing = [
+            p["name"] for p in (spec.parameters if spec else ()) if p.get("required") and p["name"] not in params
+        ]
+        if missing:
+            return "error", f"missing required parameter(s): {', '.join(missing)}"
         lname = name.lower()
         if lname == "reboot":
             delay = float(params.get("delayMs", 0)) / 1000.0
