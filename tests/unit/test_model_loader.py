@@ -445,6 +445,14 @@ MALFORMED = [
         "replay needs exactly one of dataFile or values",
     ),
     (
+        "mqtt-key-in-a-coap-model",
+        "m.yaml",
+        model_yaml(protocol="coap", connection="{host: localhost, topicPattern: 'x/${deviceId}'}"),
+        {},
+        "connection.topicPattern",
+        "is a mqtt key; this model's protocol is 'coap'",
+    ),
+    (
         "http-without-url",
         "m.yaml",
         model_yaml(protocol="http", connection="{host: localhost}"),

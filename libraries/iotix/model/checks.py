@@ -167,11 +167,60 @@ def _reserved_field_names(data: dict[str, Any]) -> list[Problem]:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Connection keys that belong to one protocol (keys not listed here, like host and port, serve every protocol).
+PROTOCOL_KEYS: dict[str, frozenset[str]] = {
+    "mqtt": frozenset(
+        {
+            "clientIdPattern",
+            "topicPattern",
+            "keepAlive",
+            "cleanSession",
+            "mqttVersion",
+            "lastWill",
+            "commandTopicPattern",
+        }
+    ),
+    "coap": frozenset({"path", "confirmable", "mode", "serverPort", "ackTimeoutMs", "maxRetransmit"}),
+    "http": frozenset(
+        {
+            "url",
+            "headers",
+            "token",
+            "bodyTemplate",
+            "successStatuses",
+            "timeoutMs",
+            "maxConnections",
+            "flow",
+            "heartbeatIntervalMs",
+            "onConflict",
+            "registration",
+            "telemetryOver",
+        }
+    ),
+    "kafka": frozenset({"bootstrap", "topic", "acks", "compression", "lingerMs", "maxBlockMs"}),
+}
+
+
+def _protocol_key_problems(protocol: Any, connection: dict[str, Any]) -> list[Problem]:
+    """Keys of another protocol in this model's connection (a copied block, a wrong protocol)."""
+    if protocol not in PROTOCOL_KEYS:
+        return []
+    problems = []
+    for other, keys in PROTOCOL_KEYS.items():
+        if other == protocol:
+            continue
+        for key in sorted(keys & connection.keys() - PROTOCOL_KEYS[protocol]):
+            problems.append(
+                (format_path(("connection", key)), f"is a {other} key; this model's protocol is '{protocol}'")
+            )
+    return problems
+
+
 def _connection_problems(data: dict[str, Any]) -> list[Problem]:
     connection = data.get("connection")
     if not isinstance(connection, dict):
         return []
-    problems: list[Problem] = []
+    problems: list[Problem] = _protocol_key_problems(data.get("protocol"), connection)
     if "host" in connection and "broker" in connection:
         problems.append(
             (format_path(("connection", "broker")), "broker is an alias of host: give one of them, not both")
