@@ -145,9 +145,10 @@ def test_a_graceful_disconnect_writes_what_was_corked_first(h: Harness) -> None:
     assert all(track.count_seen(0, 2) == 2 for track in probe.tracker.devices.values())
 
 
-def test_receiver_tracker_sees_no_loss_at_qos1(h: Harness) -> None:
-    probe = h.receiver()
-    fleet = h.fleet("q1", model_dict(interval_ms=50, qos=1), 10)
+@pytest.mark.parametrize("qos", [1, 2])
+def test_receiver_tracker_sees_no_loss_at_qos_1_and_2(h: Harness, qos: int) -> None:
+    probe = h.receiver(qos=qos)
+    fleet = h.fleet(f"q{qos}", model_dict(interval_ms=50, qos=qos), 10)
     h.start(fleet)
     h.wait(lambda: all_running(fleet))
     time.sleep(1.0)
