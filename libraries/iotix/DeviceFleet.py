@@ -123,6 +123,7 @@ class DeviceFleet:
         offline_queue_size: int = 1000,
         reconnect_base: timedelta = timedelta(seconds=0.5),
         reconnect_cap: timedelta = timedelta(seconds=30),
+        tls_dir: str = "",
     ) -> str:
         """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
 
@@ -136,6 +137,8 @@ class DeviceFleet:
         - ``offline_queue_size``: QoS 1/2 readings kept per device while it reconnects; beyond that they
           are dropped and counted in ``messagesDropped``.
         - ``reconnect_base``, ``reconnect_cap``: exponential backoff with full jitter after a lost connection.
+        - ``tls_dir``: the directory where the relative paths of the model's ``connection.tls`` resolve
+          (``certs/${deviceId}.pem``); default: the model file's directory.
 
         | ${fleet} =    Create Fleet    environmental-sensor-v1    count=100    id_pattern=env-{index:03d}
         | ...    host=${BROKER}[host]    port=${BROKER}[port]
@@ -165,6 +168,7 @@ class DeviceFleet:
             offline_queue_size=offline_queue_size,
             reconnect_base_s=seconds(reconnect_base),
             reconnect_cap_s=seconds(reconnect_cap),
+            tls_dir=tls_dir or None,
         )
 
         def create() -> Fleet:

@@ -70,6 +70,7 @@ class FleetOptions:
     reconnect_base_s: float = 0.5  # backoff base (full jitter) for reconnects
     reconnect_cap_s: float = 30.0  # backoff cap
     max_connecting: int = 256  # connection attempts in flight at once, per fleet
+    tls_dir: str | None = None  # where relative paths of connection.tls (caFile, certFile, keyFile) resolve
 
     def __post_init__(self) -> None:
         if self.offline_queue_size < 0:
