@@ -17,6 +17,7 @@ import pytest
 from harness import Harness as BaseHarness
 
 from iotix.encode import decode_envelope
+from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import Fleet
 from iotix.fleet.timeline import DropoutSettings, LaunchSettings
@@ -179,9 +180,29 @@ def test_closed_port_times_out_and_names_the_icmp_error(h: Harness) -> None:
     assert "ConnectionRefusedError" in error
 
 
+def test_a_5xx_server_is_retried_trips_the_circuit_and_recovery_closes_it(h: Harness) -> None:
+    sink = h.sink(error_code="5.03")
+    settings = DeliverySettings(
+        max_retries=2, retry_base_s=0.01, retry_cap_s=0.02, circuit_threshold=6, circuit_cooldown_s=0.3
+    )
+    fleet = h.fleet("trip", model_dict(), 2, sink.port, delivery=settings)
+    h.start(fleet)
+    h.wait(lambda: fleet.stats()["circuitOpens"] >= 1, what="the circuit to open")
+    stats = fleet.stats()
+    assert stats["retries"] >= 4 and stats["messagesAcked"] == 0
+    assert stats["failuresByReason"]["coap_5.03"] >= 1
+    h.rt.call(sink.set_error, None)
+    h.wait(lambda: fleet.stats()["circuitState"] == "closed" and fleet.stats()["messagesAcked"] >= 4, what="recovery")
+    log = h.rt.call(lambda: list(fleet.devices[0].tlog.entries(500)))
+    assert log[-1]["result"] == "ok" and log[-1]["latencyMs"] >= 0
+    assert any(e["result"] == "retrying" and "5.03 Service Unavailable" in e["error"] for e in log)
+    h.stop(fleet)
+
+
 def test_error_responses_are_failures_with_code_and_payload(h: Harness) -> None:
     sink = h.sink(error_code="5.00")
-    fleet = h.fleet("err", model_dict(), 2, sink.port)
+    plain = DeliverySettings(max_retries=0, circuit_threshold=0)  # every reading is one request
+    fleet = h.fleet("err", model_dict(), 2, sink.port, delivery=plain)
     stats = run_for(h, fleet, 0.6)
     assert stats["messagesSent"] > 0
     assert stats["messagesFailed"] == stats["messagesSent"]

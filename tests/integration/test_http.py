@@ -16,6 +16,7 @@ import requests
 from aiohttp import web
 from harness import Harness, all_running
 
+from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import Credentials
 from iotix.fleet.timeline import DropoutSettings, LaunchSettings
@@ -217,21 +218,40 @@ def test_success_statuses_come_from_the_model(h: Harness, server: RecordingServe
     assert strict.devices[0].last_error.startswith(f"HTTP 202 from POST {server.url}/s: ok")
 
 
-def test_a_500_storm_is_counted_with_status_and_body_and_devices_recover(h: Harness, server: RecordingServer) -> None:
+def test_a_500_storm_is_retried_opens_the_circuit_puts_devices_in_error_and_recovers(
+    h: Harness, server: RecordingServer
+) -> None:
     server.status = 500
     server.body = "internal error " + "x" * 500
-    fleet = h.fleet("storm", http_model(server.url + "/t/${deviceId}"), 4)
+    settings = DeliverySettings(
+        max_retries=1,
+        retry_base_s=0.01,
+        retry_cap_s=0.02,
+        circuit_threshold=20,
+        circuit_cooldown_s=0.5,
+        error_threshold=2,
+    )
+    fleet = h.fleet("storm", http_model(server.url + "/t/${deviceId}"), 4, delivery=settings)
     h.start(fleet)
-    h.wait(lambda: fleet.stats()["messagesFailed"] >= 20, what="failures")
+    h.wait(lambda: fleet.stats()["circuitState"] == "open", what="the circuit to open")
+    h.wait(lambda: fleet.stats()["failuresByReason"].get("circuit_open", 0) >= 4, what="refused sends")
     stats = fleet.stats()
-    assert stats["messagesAcked"] == 0 and stats["runningDeviceCount"] == 4
-    error = fleet.devices[1].last_error
+    assert stats["messagesAcked"] == 0 and stats["retries"] >= 4 and stats["circuitOpens"] >= 1
+    assert stats["failuresByReason"]["http_500"] >= 4
+    assert stats["states"]["error"] == 4 and stats["runningDeviceCount"] == 0
+    # Every request the server saw was an attempt: failed messages x 2 (one retry each), no more.
+    assert len(server.requests) <= 2 * stats["failuresByReason"]["http_500"] + 4
+    log = h.rt.call(lambda: list(fleet.devices[1].tlog.entries(100)))
+    http_errors = [e["error"] for e in log if e["result"] in ("failed", "retrying")]
     prefix = f"HTTP 500 from POST {server.url}/t/storm-1: internal error x"
-    assert error.startswith(prefix)
-    assert len(error) == len(f"HTTP 500 from POST {server.url}/t/storm-1: ") + 200  # the first 200 bytes
+    assert http_errors and http_errors[0].startswith(prefix)
+    assert len(http_errors[0]) == len(f"HTTP 500 from POST {server.url}/t/storm-1: ") + 200  # the first 200 bytes
+    assert {e["result"] for e in log} >= {"retrying", "failed", "circuit_open"}
     server.status = 200
     h.wait(lambda: fleet.stats()["messagesAcked"] >= 8, what="recovery")
-    assert all_running(fleet)
+    h.wait(lambda: all_running(fleet), what="devices back to running")
+    assert fleet.stats()["circuitState"] == "closed" and fleet.stats()["devicesRecovered"] == 4
+    assert log[-1]["latencyMs"] is None or log[-1]["latencyMs"] >= 0
 
 
 def test_the_token_is_sent_but_never_logged_nor_shown(h: Harness, server: RecordingServer, caplog) -> None:
@@ -290,7 +310,9 @@ def test_an_unreachable_or_silent_target_fails_with_the_reason(h: Harness, serve
     h.wait(lambda: down.stats()["messagesFailed"] >= 2 and slow.stats()["messagesFailed"] >= 2, what="failures")
     assert "POST http://127.0.0.1:1/t failed: cannot connect to 127.0.0.1:1" in down.devices[0].last_error
     assert slow.devices[0].last_error.startswith(f"no answer from POST {server.url}/slow within 0.3 s")
-    assert all_running(down) and all_running(slow)
+    # Sends keep failing: the devices are in state error, still trying (not stopped, not reconnecting).
+    h.wait(lambda: down.devices[0].state is DeviceState.ERROR, what="the unreachable device in state error")
+    assert down.stats()["failuresByReason"]["connection_error"] >= 1
 
 
 def test_launch_strategy_and_dropout_stop_and_resume_sends(h: Harness, server: RecordingServer) -> None:
@@ -459,7 +481,10 @@ def test_iotflow_revoked_key_fails_with_the_status_and_others_keep_working(h: Ha
     h.wait(lambda: other.acked >= acked + 3, what="the others keep going")
     assert device.last_error.startswith(f"HTTP 403 from POST {iotflow.url}/api/v1/devices/telemetry")
     assert "revoked" in device.last_error
-    assert device.state is DeviceState.RUNNING and other.failed == 0
+    # A 403 is the device's own problem: it goes to state error, the circuit of the fleet stays closed.
+    h.wait(lambda: device.state is DeviceState.ERROR, what="the revoked device in state error")
+    assert other.state is DeviceState.RUNNING and other.failed == 0
+    assert fleet.stats()["circuitState"] == "closed" and fleet.stats()["retries"] == 0
 
 
 def test_hybrid_device_registers_over_http_and_publishes_over_mqtt(h: Harness, broker) -> None:

@@ -38,6 +38,7 @@ class Device:
         "connects",
         "disconnects",
         "dropped",
+        "fail_streak",
         "failed",
         "fleet",
         "gen",
@@ -49,12 +50,14 @@ class Device:
         "offline_queue",
         "queued",
         "reconnects",
+        "retries",
         "scheduled",
         "sent",
         "seq",
         "started_at",
         "state",
         "task",
+        "tlog",
         "topic",
         "values",
     )
@@ -83,6 +86,9 @@ class Device:
         self.disconnects = 0
         self.reconnects = 0
         self.connect_failures = 0
+        self.retries = 0  # request retries after failed attempts
+        self.fail_streak = 0  # consecutive failed messages (error state at the fleet's threshold)
+        self.tlog: Any = None  # TransmissionLog, allocated at the first send
         self.last_error: str | None = None
         self.interval_override_s: float | None = None
         self.offline_queue: deque[tuple[int, int, dict[str, Any]]] | None = None
@@ -115,6 +121,7 @@ class Device:
             "messagesFailed": self.failed,
             "messagesDropped": self.dropped,
             "messagesQueued": len(self.offline_queue) if self.offline_queue else 0,
+            "retries": self.retries,
             "bytesSent": self.bytes_sent,
             "connects": self.connects,
             "disconnects": self.disconnects,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from iotix.behavior import compile_condition, compile_template
 from iotix.encode import make_encoder
 from iotix.errors import ConfigurationError, NotFoundError
+from iotix.fleet.delivery import SENT, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.timeline import (
     DropoutSettings,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("iotix.fleet")
 _RUNNING = DeviceState.RUNNING
 _RECONNECTING = DeviceState.RECONNECTING
+_ERROR = DeviceState.ERROR
 
 #: How long Stop Fleet waits for QoS 1/2 messages in flight to be acknowledged before disconnecting.
 STOP_DRAIN_S = 2.0
@@ -109,6 +111,7 @@ class Fleet:
         connection: dict[str, Any] | None = None,
         credentials: Credentials | None = None,
         options: FleetOptions | None = None,
+        delivery: DeliverySettings | None = None,
     ) -> None:
         if len(set(device_ids)) != len(device_ids):
             dupes = sorted(d for d, n in Counter(device_ids).items() if n > 1)[:5]
@@ -133,7 +136,17 @@ class Fleet:
         raw_field = model.payload.field if model.payload.format == "raw" else None
         self.sendable = [raw_field is None or raw_field in names for _, names in self.groups]
         self.qos = int(self.connection.get("qos", 0))
+        self._rng = random.Random(f"fleet:{name}:{seed}")
+        self.delivery = Delivery(
+            self,
+            delivery or DeliverySettings.from_connection(self.connection),
+            "",
+            random.Random(f"retry:{name}:{seed}"),
+        )
         self.transport = create_transport(self)
+        self.delivery.breaker.endpoint = self.transport.endpoint
+        self.delivery.guarded = self.delivery.guarded and self.transport.request_based
+        self._log_sends = not self.transport.request_based and self.delivery.settings.log_size > 0
         self.encoder = self.transport.make_encoder() or make_encoder(model)
         names = list(model.field_names)
         self.behaviors = [
@@ -155,7 +168,6 @@ class Fleet:
         self.dropouts_done = 0
         self.behaviors_fired = 0
         self._connect_limit = asyncio.Semaphore(self.options.max_connecting)
-        self._rng = random.Random(f"fleet:{name}:{seed}")
 
     # -- lookup ---------------------------------------------------------------------------------------
 
@@ -281,14 +293,14 @@ class Fleet:
         if device.interval_override_s is not None:
             interval = device.interval_override_s
         state = device.state
-        if state is _RUNNING or state is _RECONNECTING:
+        if state is _RUNNING or state is _RECONNECTING or state is _ERROR:
             self.lateness.record(now - due)
             values = device.values.sample(names, due - device.started_at)
             if self.behaviors:
                 self._run_behaviors(device, values)
             if self.sendable[group]:
                 ts_ms = self.sim.scheduler.wall_ms
-                if state is _RUNNING and self._send_values(device, values, ts_ms):
+                if state is not _RECONNECTING and self._send_values(device, values, ts_ms):
                     pass
                 elif self.qos > 0 and self.options.offline_queue_size:
                     self._queue_offline(device, ts_ms, group, values)
@@ -311,12 +323,21 @@ class Fleet:
             device.dropped += 1
 
     def _send_values(self, device: Device, values: dict[str, Any], ts_ms: int) -> bool:
-        """Encode with the next ``seq`` and hand over; the seq is used only if the transport took it."""
+        """Encode with the next ``seq`` and hand over; the seq is used only if the transport took it.
+
+        While the endpoint's circuit is open nothing is attempted: the reading counts as failed
+        (``circuit_open``) and uses no seq.
+        """
         payload = self.encoder(device.id, device.seq, ts_ms, values)
+        delivery = self.delivery
+        if delivery.guarded and not delivery.admit(device, len(payload)):
+            return True  # refused and counted: not for the offline queue
         if self.transport.send(device, payload):
             device.seq += 1
             device.sent += 1
             device.bytes_sent += len(payload)
+            if self._log_sends:
+                delivery.record(device, len(payload), SENT)
             return True
         if device.state is not _RUNNING or self.qos == 0:
             device.failed += 1
@@ -361,15 +382,15 @@ class Fleet:
     def connection_lost(self, device: Device, reason: str) -> None:
         device.disconnects += 1
         device.last_error = reason
-        if device.state is DeviceState.RUNNING:
+        if device.state is _RUNNING or device.state is _ERROR:
             log.info("fleet %s: device %s %s; reconnecting", self.name, device.id, reason)
             device.state = DeviceState.RECONNECTING
             delay = full_jitter(0, self.options.reconnect_base_s, self.options.reconnect_cap_s, self._rng)
             device.task = asyncio.get_running_loop().create_task(self._connect_loop(device, True, delay))
 
-    def delivery_failed(self, device: Device, reason: str) -> None:
-        device.failed += 1
-        device.last_error = reason
+    def delivery_failed(self, device: Device, reason: str, code: str = "error", nbytes: int = 0) -> None:
+        """A message that was handed over was not delivered (no retry: see :class:`Delivery` for those)."""
+        self.delivery.failed(device, reason, code, nbytes, fault=False)
 
     def command_received(self, device: Device, name: str, payload: bytes, topic: str) -> None:
         try:
@@ -430,7 +451,7 @@ class Fleet:
     # -- lifecycle of single devices --------------------------------------------------------------------
 
     async def reboot(self, device: Device, delay: float = 0.0) -> None:
-        if device.state is not DeviceState.RUNNING:
+        if device.state is not _RUNNING and device.state is not _ERROR:
             return
         device.state = DeviceState.RECONNECTING
         await self.transport.disconnect(device)
@@ -562,6 +583,8 @@ class Fleet:
             "behaviorsFired": self.behaviors_fired,
             "dropoutStepsDone": self.dropouts_done,
             "dropoutSteps": self.dropout_steps,
+            "retries": sum(d.retries for d in ds),
+            **self.delivery.describe(),
             "sendLatenessMs": lateness,
             "transport": self.transport.describe(),
         }

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iotix.errors import ConfigurationError, NotFoundError
+from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import Device
 from iotix.fleet.fleet import Credentials, Fleet, FleetOptions
 from iotix.fleet.scheduler import DEFAULT_TICK_S, Scheduler
@@ -53,6 +54,7 @@ class Simulator:
         connection: dict[str, Any] | None = None,
         credentials: Credentials | None = None,
         options: FleetOptions | None = None,
+        delivery: DeliverySettings | None = None,
     ) -> Fleet:
         if name in self.fleets:
             raise ConfigurationError(
@@ -67,7 +69,15 @@ class Simulator:
                 f"{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}; use another id_pattern."
             )
         fleet = Fleet(
-            self, name, model, device_ids, seed=seed, connection=connection, credentials=credentials, options=options
+            self,
+            name,
+            model,
+            device_ids,
+            seed=seed,
+            connection=connection,
+            credentials=credentials,
+            options=options,
+            delivery=delivery,
         )
         self.fleets[name] = fleet
         self._ensure_periodic()

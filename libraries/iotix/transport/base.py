@@ -8,7 +8,11 @@ and the adapter reports back through the fleet's hooks:
   reconnects with backoff);
 - ``fleet.delivery_failed(device, reason)``: a message that ``send`` accepted was not delivered (counted in
   ``messagesFailed``, the reason becomes the device's last error);
-- ``device.acked += 1``: the target acknowledged a message (QoS 1/2 PUBACK, HTTP 2xx, CoAP ACK);
+- ``device.acked += 1``: the target acknowledged a message (QoS 1/2 PUBACK);
+- request-based adapters (``request_based = True``: HTTP, CoAP CON, Kafka) report every attempt to
+  ``fleet.delivery`` instead (:class:`iotix.fleet.delivery.Delivery`): ``succeeded`` (acknowledged, with its
+  latency) or ``failed`` (with a reason code, whether the endpoint is to blame, and a ``resend`` callback
+  for the retry); the fleet's circuit breaker then guards the next sends;
 - ``fleet.command_received(device, name, payload, where)``: a command arrived for the device.
 
 ``send`` never blocks: request-based adapters (HTTP, CoAP) start the request in a task and report the
@@ -37,6 +41,10 @@ class Transport(ABC):
     """Per-fleet protocol adapter. All methods run on the runtime loop."""
 
     protocol: str = ""
+    #: Whether telemetry sends are requests with an outcome (HTTP, CoAP CON, Kafka): they report each attempt
+    #: to ``fleet.delivery`` (retries, circuit breaker, error state, transmission log). MQTT hands messages
+    #: to a connection; its transmission log records the hand-over.
+    request_based: bool = False
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -45,6 +53,11 @@ class Transport(ABC):
     def target(self) -> str:
         """Where this transport sends, for messages (``mqtt://host:port``)."""
         return ""
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint that the fleet's circuit breaker guards (default: :attr:`target`)."""
+        return self.target
 
     @abstractmethod
     async def connect(self, device: Device) -> None:

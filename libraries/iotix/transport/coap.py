@@ -318,7 +318,22 @@ async def resolve_host(host: str, port: int) -> tuple[int, tuple[Any, ...]]:
 class _Exchange:
     """One open CON request."""
 
-    __slots__ = ("datagram", "device", "endpoint", "first_sent", "handle", "mid", "path", "timeout", "token", "tries")
+    __slots__ = (
+        "attempt",
+        "datagram",
+        "device",
+        "endpoint",
+        "first_sent",
+        "first_try",
+        "handle",
+        "mid",
+        "options",
+        "path",
+        "payload",
+        "timeout",
+        "token",
+        "tries",
+    )
 
     def __init__(self, device: Device, endpoint: ClientEndpoint, mid: int, token: bytes, datagram: bytes) -> None:
         self.device = device
@@ -331,6 +346,10 @@ class _Exchange:
         self.timeout = 0.0
         self.tries = 0  # transmissions so far; 0 after an empty ACK (waiting for a separate response)
         self.handle: asyncio.TimerHandle | None = None
+        self.options = b""  # kept with the payload for an application-level retry (a new exchange)
+        self.payload = b""
+        self.attempt = 0  # 0: the first exchange of this message; n: its n-th retry
+        self.first_try = 0.0
 
 
 class ClientEndpoint(asyncio.DatagramProtocol):
@@ -561,6 +580,7 @@ class CoapTransport(Transport):
         if self.method not in METHOD_CODES:
             raise TransportError(f"Fleet '{fleet.name}': CoAP method must be POST or PUT, got {self.method!r}")
         self.confirmable: bool = bool(conn.get("confirmable", True))
+        self.request_based = self.mode == "client" and self.confirmable
         self.server_port: int = int(conn.get("serverPort", 0) or 0)
         self.timing = CoapTiming(float(conn.get("ackTimeoutMs", 2000)) / 1000.0, int(conn.get("maxRetransmit", 4)))
         self.content_format: int = CONTENT_FORMATS.get(fleet.model.payload.format, 42)
@@ -731,16 +751,27 @@ class CoapTransport(Transport):
         return None, conn.options
 
     def _start_exchange(
-        self, device: Device, endpoint: ClientEndpoint, options: bytes, payload: bytes, path: str | None
+        self,
+        device: Device,
+        endpoint: ClientEndpoint,
+        options: bytes,
+        payload: bytes,
+        path: str | None,
+        attempt: int = 0,
+        first_try: float = 0.0,
     ) -> None:
         mid, token = endpoint.take_mid(), endpoint.take_token()
         ex = _Exchange(device, endpoint, mid, token, encode_message(CON, self._code, mid, token, options, payload))
         ex.path = path
+        ex.options = options
+        ex.payload = payload
+        ex.attempt = attempt
         endpoint.by_mid[mid] = ex
         endpoint.by_token[token] = ex
         self.in_flight += 1
         loop = asyncio.get_running_loop()
         ex.first_sent = loop.time()
+        ex.first_try = first_try or ex.first_sent
         ex.timeout = self.timing.first_timeout(self._rng)
         ex.tries = 1
         ex.handle = loop.call_later(ex.timeout, self._on_timer, ex)
@@ -797,28 +828,53 @@ class CoapTransport(Transport):
             ex.handle.cancel()
         ex.endpoint.by_token.pop(ex.token, None)
         self.in_flight -= 1
+        latency = asyncio.get_running_loop().time() - ex.first_sent
         if code is not None:
-            self.latency.record(asyncio.get_running_loop().time() - ex.first_sent)
+            self.latency.record(latency)
         if code is not None and code >> 5 == 2:
-            ex.device.acked += 1
+            self.fleet.delivery.succeeded(ex.device, len(ex.payload), latency)
         elif code is None:
-            self._report(ex, "reset (RST) by the server")
+            self._report(ex, "reset (RST) by the server", "reset", latency=latency)
         else:
             text = payload[:64].decode("utf-8", "replace")
-            self._report(ex, f"{code_text(code)}{': ' + text if text else ''}")
+            reason = f"{code_text(code)}{': ' + text if text else ''}"
+            # 5.xx: the server is to blame (retry, breaker); 4.xx: the request is.
+            self._report(ex, reason, f"coap_{code >> 5}.{code & 0x1F:02d}", code >> 5 == 5, latency)
         if self._retired:
             self._close_idle_retired()
 
     def _fail(self, ex: _Exchange, reason: str) -> None:
+        """No answer after the RFC 7252 retransmissions."""
         self.in_flight -= 1
-        self._report(ex, reason)
+        self._report(ex, reason, "timeout")
         if self._retired:
             self._close_idle_retired()
 
-    def _report(self, ex: _Exchange, reason: str) -> None:
+    def _report(self, ex: _Exchange, reason: str, code: str, fault: bool = True, latency: float | None = None) -> None:
         device = ex.device
         path = ex.path or (device.conn.path if device.conn is not None else "")
-        self.fleet.delivery_failed(device, f"CoAP {self.method} {self.uri(path)}: {reason}")
+
+        def resend(attempt: int) -> None:
+            endpoint = self._endpoint
+            conn = device.conn
+            if endpoint is None or endpoint.transport is None or conn is None or not conn.connected:
+                self.fleet.delivery_failed(device, f"not retried, the device or fleet stopped: {reason}", "stopped")
+            elif self.in_flight >= self.max_in_flight:
+                self.fleet.delivery_failed(device, f"not retried, {self.in_flight} requests in flight", "in_flight")
+            else:
+                self._start_exchange(device, endpoint, ex.options, ex.payload, ex.path, attempt, ex.first_try)
+
+        self.fleet.delivery.failed(
+            device,
+            f"CoAP {self.method} {self.uri(path)}: {reason}",
+            code,
+            len(ex.payload),
+            latency,
+            fault=fault,
+            resend=resend,
+            attempt=ex.attempt,
+            first_try=ex.first_try,
+        )
 
     def _cancel_exchanges(self, device: Device) -> None:
         """Forget a dropped device's open exchanges (a switched-off device retransmits nothing)."""

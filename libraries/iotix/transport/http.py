@@ -306,6 +306,7 @@ class HttpTransport(Transport):
         self.flow: str = str(conn.get("flow", "generic"))
         self.iotflow = self.flow == "iotflow"
         self.hybrid = self.iotflow and conn.get("telemetryOver", "http") == "mqtt"
+        self.request_based = not self.hybrid
         self.url: str = override_host_port(str(conn["url"]), conn.get("host"), conn.get("port"))
         self.method: str = "POST" if self.iotflow else str(conn.get("method", "POST")).upper()
         self.success: frozenset[int] = frozenset(int(s) for s in conn.get("successStatuses", DEFAULT_SUCCESS_STATUSES))
@@ -331,7 +332,8 @@ class HttpTransport(Transport):
         self._registration = compile_template(dict(conn.get("registration") or {}))
         self._endpoints = {path: URL(self._base + path) for path in (TELEMETRY_PATH, HEARTBEAT_PATH)}
         self._session: aiohttp.ClientSession | None = None
-        self._backlog: deque[tuple[int, Device, int, bytes, float]] = deque()
+        # (kind, device, conn gen, body, enqueued at, attempt, first attempt at)
+        self._backlog: deque[tuple[int, Device, int, bytes, float, int, float]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         # Permits for the pool's connections: each worker and each connect-phase request holds one. A free
         # permit goes to a waiting connect-phase request first, so registrations never queue behind telemetry.
@@ -375,6 +377,12 @@ class HttpTransport(Transport):
     @property
     def target(self) -> str:
         return self._base if self.iotflow else self.url
+
+    @property
+    def endpoint(self) -> str:
+        """Scheme, host and port: per-device paths share one server and one breaker."""
+        url = URL(self.url.replace("${", "_").replace("}", "_"))
+        return f"{url.scheme}://{url.host}:{url.port}"
 
     def make_encoder(self) -> Encoder | None:
         if self.iotflow:
@@ -596,20 +604,23 @@ class HttpTransport(Transport):
             return self._publish_mqtt(device, conn.mqtt, payload)
         return self._enqueue(_TELEMETRY, device, conn, payload)
 
-    def _enqueue(self, kind: int, device: Device, conn: HttpConn, body: bytes) -> bool:
+    def _enqueue(
+        self, kind: int, device: Device, conn: HttpConn, body: bytes, attempt: int = 0, first_try: float = 0.0
+    ) -> bool:
         """Queue a request; start a worker while fewer than ``maxConnections`` run. False when the FIFO is full."""
         backlog = self._backlog
+        now = asyncio.get_running_loop().time()
         if len(backlog) >= self.backlog_limit:
             reason = (
                 f"not sent: {len(backlog)} requests already wait for the {self.max_connections} connections "
                 f"to {self.target} (the server answers too slowly)"
             )
-            if kind == _TELEMETRY:
+            if kind == _TELEMETRY and attempt == 0:
                 device.last_error = reason  # the fleet counts the refused message as failed
             else:
-                self._failed(kind, device, reason)
+                self._failed(kind, device, reason, "backlog_full", body, None, fault=False)
             return False
-        backlog.append((kind, device, conn.gen, body, asyncio.get_running_loop().time()))
+        backlog.append((kind, device, conn.gen, body, now, attempt, first_try or now))
         if self._free > 0:
             self._free -= 1
             self._spawn_worker()
@@ -626,13 +637,13 @@ class HttpTransport(Transport):
         backlog = self._backlog
         try:
             while backlog and not self._urgent:
-                kind, device, gen, body, t0 = backlog.popleft()
+                kind, device, gen, body, t0, attempt, first_try = backlog.popleft()
                 try:
-                    await self._perform(kind, device, gen, body, t0)
+                    await self._perform(kind, device, gen, body, t0, attempt, first_try)
                 except asyncio.CancelledError:
                     if kind == _TELEMETRY:
                         reason = "no answer: the fleet stopped before the server answered (it may have stored it)"
-                        self.fleet.delivery_failed(device, reason)
+                        self.fleet.delivery_failed(device, reason, "stopped", len(body))
                     raise
                 except Exception as err:  # a bug must not kill the worker silently
                     self.fleet.report_error(f"HTTP request of device '{device.id}' failed unexpectedly: {err!r}")
@@ -678,20 +689,26 @@ class HttpTransport(Transport):
             headers = _as_headers(self._headers.render(device))
         return self.method, url, headers
 
-    async def _perform(self, kind: int, device: Device, gen: int, body: bytes, t0: float) -> None:
+    async def _perform(
+        self, kind: int, device: Device, gen: int, body: bytes, t0: float, attempt: int, first_try: float
+    ) -> None:
         conn: HttpConn = device.conn
         if gen != conn.gen:
-            self._failed(kind, device, "not sent: the device was dropped while its request waited for a connection")
+            reason = "not sent: the device was dropped while its request waited for a connection"
+            self._failed(kind, device, reason, "dropped", body, None, fault=False)
             return
         loop = asyncio.get_running_loop()
         waited = loop.time() - t0
         if waited > self.timeout:
-            self._failed(
-                kind,
-                device,
-                f"not sent: waited {waited:.1f} s for one of the {self.max_connections} connections to {self.target}",
+            reason = (
+                f"not sent: waited {waited:.1f} s for one of the {self.max_connections} connections to {self.target}"
             )
+            self._failed(kind, device, reason, "queue_timeout", body, None, fault=False)
             return
+
+        def failed(reason: str, code: str, fault: bool = True) -> None:
+            self._failed(kind, device, reason, code, body, loop.time() - t0, fault, conn, attempt, first_try)
+
         method, url, headers = self._route(kind, device, conn)
         session = self._ensure_session()
         try:
@@ -703,29 +720,60 @@ class HttpTransport(Transport):
                 else:
                     snippet = await resp.content.read(SNIPPET_BYTES)
         except asyncio.TimeoutError:
-            self._failed(kind, device, f"no answer from {method} {url} within {self.timeout:g} s")
+            failed(f"no answer from {method} {url} within {self.timeout:g} s", "timeout")
             return
         except aiohttp.ClientError as err:
-            self._failed(kind, device, f"{method} {url} failed: {_client_error(err)}")
+            failed(f"{method} {url} failed: {_client_error(err)}", "connection_error")
             return
         if snippet is None:
-            self._delivered(kind, device, loop.time() - t0)
+            self._delivered(kind, device, loop.time() - t0, len(body))
             return
         reason = f"HTTP {status} from {method} {url}: {self._scrub(snippet, conn.api_key)}"
         if self.iotflow and status in (401, 403):
             reason += " (the API key was rejected: revoked or unknown)"
-        self._failed(kind, device, reason)
+        # The server is to blame (retry, breaker) for 5xx and 429; other statuses are the request's fault.
+        failed(reason, f"http_{status}", status >= 500 or status == 429)
 
-    def _delivered(self, kind: int, device: Device, latency: float) -> None:
+    def _delivered(self, kind: int, device: Device, latency: float, nbytes: int) -> None:
         if kind == _TELEMETRY:
-            device.acked += 1
             self.latency.record(latency)
+            self.fleet.delivery.succeeded(device, nbytes, latency)
         else:
             self.heartbeats_sent += 1
 
-    def _failed(self, kind: int, device: Device, reason: str) -> None:
+    def _failed(
+        self,
+        kind: int,
+        device: Device,
+        reason: str,
+        code: str,
+        body: bytes,
+        latency: float | None,
+        fault: bool = True,
+        conn: HttpConn | None = None,
+        attempt: int = 0,
+        first_try: float | None = None,
+    ) -> None:
         if kind == _TELEMETRY:
-            self.fleet.delivery_failed(device, reason)
+
+            def resend(next_attempt: int) -> None:
+                assert conn is not None
+                if conn.active:
+                    self._enqueue(kind, device, conn, body, next_attempt, first_try or 0.0)
+                else:
+                    self.fleet.delivery_failed(device, f"not retried, the device went away: {reason}", "stopped")
+
+            self.fleet.delivery.failed(
+                device,
+                reason,
+                code,
+                len(body),
+                latency,
+                fault=fault,
+                resend=resend if conn is not None else None,
+                attempt=attempt,
+                first_try=first_try,
+            )
         else:
             self.heartbeats_failed += 1
             device.last_error = f"heartbeat: {reason}"
@@ -772,8 +820,9 @@ class HttpTransport(Transport):
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         while self._backlog:
-            kind, device, _gen, _body, _t0 = self._backlog.popleft()
-            self._failed(kind, device, "not sent: the fleet stopped while the request waited for a connection")
+            kind, device, _gen, body, *_ = self._backlog.popleft()
+            reason = "not sent: the fleet stopped while the request waited for a connection"
+            self._failed(kind, device, reason, "stopped", body, None, fault=False)
         session, self._session = self._session, None
         if session is not None:
             await session.close()
