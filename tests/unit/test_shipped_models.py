@@ -21,6 +21,7 @@ EDITOR_SCHEMA = MODELS / "schema" / "device-model.schema.json"
 MODEL_FILES = list(model_files(MODELS))
 
 EXPECTED_IDS = {
+    "kafka-vehicle-telemetry",
     "simple-temperature",
     "environmental-sensor-v1",
     "ecg-monitor-v1",
@@ -118,6 +119,9 @@ def test_shipped_model_loads(path: Path) -> None:
         assert model.connection["topicPattern"] == "iotix/${modelId}/${deviceId}/telemetry"
     elif model.protocol == "coap":
         assert model.connection["mode"] in ("client", "server")
+    elif model.protocol == "kafka":
+        assert model.connection["bootstrap"] == "localhost:9092"
+        assert "${" not in model.connection["topic"]  # one topic, keyed by device id
     else:
         assert model.protocol == "http"
         assert model.connection["flow"] == "iotflow"

@@ -197,7 +197,7 @@ PROTOCOL_KEYS: dict[str, frozenset[str]] = {
             "telemetryOver",
         }
     ),
-    "kafka": frozenset({"bootstrap", "topic", "acks", "compression", "lingerMs", "maxBlockMs"}),
+    "kafka": frozenset({"bootstrap", "topic", "acks", "compression", "lingerMs", "maxBlockMs", "producers"}),
 }
 
 

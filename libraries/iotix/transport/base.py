@@ -117,7 +117,11 @@ def create_transport(fleet: Fleet) -> Transport:
         from iotix.transport.http import HttpTransport
 
         return HttpTransport(fleet)
+    if protocol == "kafka":
+        from iotix.transport.kafka import KafkaTransport
+
+        return KafkaTransport(fleet)
     raise TransportError(
         f"Fleet '{fleet.name}': protocol '{protocol}' of model '{fleet.model.id}' is not supported yet "
-        "(supported: mqtt, coap, http)."
+        "(supported: mqtt, coap, http, kafka)."
     )

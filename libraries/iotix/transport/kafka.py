@@ -1,0 +1,448 @@
+"""Kafka devices: telemetry produced to a topic, keyed by device id, through a small pool of producers.
+
+A kafka-python ``KafkaProducer`` owns an I/O thread and its sockets, so one per device does not scale:
+devices share a pool of ``connection.producers`` producers (default 2) per connection settings (bootstrap,
+acks, compression, linger, max block), process-wide, so two fleets with the same settings share it too.
+Device *i* of a fleet uses producer ``i % producers``: with the device id as the message key, one device's
+messages go to one partition, in order (a retried message may land after a later one; the envelope's
+``seq`` tells).
+
+Why kafka-python and not aiokafka on the runtime loop: kafka-python is the dependency chosen for the
+project, verified against Tansu, and it keeps the protocol work (batching, compression, request
+encoding) off the loop that schedules 10,000 devices; aiokafka would run all of it on that loop.
+
+``KafkaProducer.send`` can block (up to ``max_block_ms`` while it waits for topic metadata), so the loop
+never calls it: each producer has a sender thread fed by a queue. Outcomes (the broker's acknowledgement
+or the error) come back from kafka-python's I/O thread in batches to the loop, where they are counted:
+a message counts as acknowledged when the broker acknowledged it (``acks``), as failed with the error
+when it did not. ``maxBlockMs`` bounds how long a message may wait, in our queue and in the producer,
+before it fails: a broker that is down gives failures within about ``maxBlockMs``, never a hang.
+
+Health checks (``periodic``): a producer whose sender or I/O thread died, or that has been failing for
+longer than ``HEALTH_WINDOW_S`` while the broker accepts TCP connections, is closed and replaced
+(``producersReplaced``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from iotix.behavior import compile_template
+from iotix.transport.base import Transport, TransportError
+
+if TYPE_CHECKING:
+    from iotix.fleet.device import Device
+    from iotix.fleet.fleet import Fleet
+
+log = logging.getLogger("iotix.transport.kafka")
+
+DEFAULT_PRODUCERS = 2
+DEFAULT_MAX_BLOCK_MS = 5000
+#: A message waiting in a producer's queue beyond this many is refused (counted as failed): a memory bound.
+MAX_QUEUED = 50_000
+#: Health checks run this often; a producer failing for this long while the broker answers is replaced.
+HEALTH_INTERVAL_S = 5.0
+HEALTH_WINDOW_S = 15.0
+
+# (device, payload, topic, key, handed over at (loop time), attempt, first attempt at, producer generation)
+_Item = tuple["Device", bytes, str, bytes, float, int, float]
+
+
+def _acks(value: Any) -> int | str:
+    return "all" if str(value) in ("all", "-1") else int(value)
+
+
+def _compression(value: Any) -> str | None:
+    name = str(value or "none")
+    return None if name == "none" else name
+
+
+class PooledProducer:
+    """One KafkaProducer with its sender thread. ``enqueue`` runs on the loop; the rest on the two threads."""
+
+    def __init__(self, pool: ProducerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.pending = 0  # handed over and not yet resolved (loop side)
+        self.producer: Any = None
+        self.thread: threading.Thread | None = None
+        self.last_ok = time.monotonic()
+        self.failing_since: float | None = None
+
+    def start(self) -> None:
+        """Create the producer (blocking: runs in an executor) and start the sender thread."""
+        from kafka import KafkaProducer
+
+        s = self.pool.settings
+        self.producer = KafkaProducer(
+            bootstrap_servers=s["bootstrap"].split(","),
+            client_id=f"iotix-{self.index}",
+            acks=s["acks"],
+            compression_type=s["compression"],
+            linger_ms=s["linger_ms"],
+            max_block_ms=s["max_block_ms"],
+            request_timeout_ms=s["max_block_ms"],
+            delivery_timeout_ms=s["max_block_ms"] + s["linger_ms"],
+            bootstrap_timeout_ms=s["max_block_ms"],
+            retries=0,  # retries are ours: counted, with backoff, bounded (iotix.fleet.delivery)
+            enable_idempotence=False,
+        )
+        self.thread = threading.Thread(target=self._run, name=f"iotix-kafka-sender-{self.index}", daemon=True)
+        self.thread.start()
+
+    def healthy(self) -> bool:
+        sender = getattr(self.producer, "_sender", None)
+        return bool(self.thread and self.thread.is_alive() and sender is not None and sender.is_alive())
+
+    def _run(self) -> None:
+        pool = self.pool
+        max_wait = pool.settings["max_block_ms"] / 1000.0
+        clock = pool.loop.time
+        producer = self.producer
+        get = self.queue.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            waited = clock() - item[4]
+            if waited > max_wait:
+                pool.resolve(item, self, None, f"not sent: waited {waited:.1f} s for the producer (maxBlockMs)", True)
+                continue
+            try:
+                future = producer.send(item[2], value=item[1], key=item[3])
+            except Exception as err:  # KafkaTimeoutError after max_block_ms, a closed producer, a bad topic
+                pool.resolve(item, self, None, _describe(err), getattr(err, "retriable", True))
+                continue
+            future.add_callback(pool.acked, item, self)
+            future.add_errback(pool.refused, item, self)
+
+    def stop(self, timeout: float) -> None:
+        """Flush what is in flight (up to ``timeout``), stop the thread, close the producer (blocking)."""
+        self.queue.put(None)
+        if self.thread is not None:
+            self.thread.join(timeout)
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                self.producer.flush(timeout=timeout)
+            with contextlib.suppress(Exception):
+                self.producer.close(timeout=timeout)
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return f"{type(err).__name__}: {text}" if type(err).__name__ not in text else text
+
+
+class ProducerPool:
+    """Producers shared by the Kafka fleets with the same settings (see the module docstring)."""
+
+    def __init__(self, key: tuple[Any, ...], settings: dict[str, Any], size: int, loop: asyncio.AbstractEventLoop):
+        self.key = key
+        self.settings = settings
+        self.size = size
+        self.loop = loop
+        self.users = 0
+        self.producers: list[PooledProducer] = []
+        self.replaced = 0
+        self._starting: asyncio.Future[None] | None = None
+        self._results: deque[tuple[_Item, PooledProducer, Any, str | None, bool, float]] = deque()
+        self._wake_pending = False
+        self._next_check = 0.0
+
+    @property
+    def target(self) -> str:
+        return f"kafka://{self.settings['bootstrap']}"
+
+    async def ready(self) -> None:
+        """Start the producers once (concurrent callers wait for the same start)."""
+        if self.producers:
+            return
+        if self._starting is None or (self._starting.done() and self._starting.exception() is not None):
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        producers = [PooledProducer(self, i) for i in range(self.size)]
+        try:
+            for p in producers:
+                await self.loop.run_in_executor(None, p.start)
+        except Exception as err:
+            from kafka.errors import KafkaError
+
+            for p in producers:
+                if p.producer is not None:
+                    await self.loop.run_in_executor(None, p.stop, 0.5)
+            if isinstance(err, (KafkaError, OSError)):
+                raise TransportError(
+                    f"cannot reach the Kafka broker at {self.settings['bootstrap']}: {_describe(err)} "
+                    "(is it running? check host/port or connection.bootstrap)"
+                ) from None
+            raise TransportError(f"cannot create a Kafka producer for {self.target}: {_describe(err)}") from None
+        self.producers = producers
+        log.info("kafka producer pool for %s: %d producers", self.settings["bootstrap"], self.size)
+
+    # -- sending (loop) ----------------------------------------------------------------------------------------
+
+    def enqueue(self, device: Device, payload: bytes, topic: str, attempt: int = 0, first_try: float = 0.0) -> str:
+        """Hand a message to the device's producer; '' or the reason it was refused."""
+        if not self.producers:
+            return f"not sent: the producers for {self.target} are not running"
+        producer = self.producers[device.index % self.size]
+        if producer.pending >= MAX_QUEUED:
+            return f"not sent: {producer.pending} messages already wait for producer {producer.index} of {self.target}"
+        producer.pending += 1
+        now = self.loop.time()
+        producer.queue.put((device, payload, topic, device.id.encode(), now, attempt, first_try or now))
+        return ""
+
+    # -- outcomes (kafka-python's threads -> loop) -----------------------------------------------------------
+
+    def acked(self, item: _Item, producer: PooledProducer, metadata: Any) -> None:
+        self.resolve(item, producer, metadata, None, False)
+
+    def refused(self, item: _Item, producer: PooledProducer, err: BaseException) -> None:
+        self.resolve(item, producer, None, _describe(err), bool(getattr(err, "retriable", True)))
+
+    def resolve(self, item: _Item, producer: PooledProducer, metadata: Any, error: str | None, retriable: bool) -> None:
+        """Thread-safe: queue an outcome, wake the loop once per batch."""
+        self._results.append((item, producer, metadata, error, retriable, self.loop.time()))
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        self._wake_pending = False
+        results = self._results
+        while results:
+            item, producer, _metadata, error, retriable, done = results.popleft()
+            producer.pending -= 1
+            device, payload, topic, _key, t0, attempt, first_try = item
+            fleet = device.fleet
+            transport = fleet.transport
+            latency = done - t0
+            if error is None:
+                producer.last_ok = time.monotonic()
+                producer.failing_since = None
+                if isinstance(transport, KafkaTransport):
+                    transport.latency.record(latency)
+                fleet.delivery.succeeded(device, len(payload), latency)
+                continue
+            if producer.failing_since is None:
+                producer.failing_since = time.monotonic()
+            code = "timeout" if "Timeout" in error or "maxBlockMs" in error else "kafka_error"
+
+            fleet.delivery.failed(
+                device,
+                f"Kafka produce to {topic} at {self.settings['bootstrap']} failed: {error}",
+                code,
+                len(payload),
+                latency,
+                fault=retriable,
+                resend=functools.partial(self._resend, device, payload, topic, first_try),
+                attempt=attempt,
+                first_try=first_try,
+            )
+
+    def _resend(self, device: Device, payload: bytes, topic: str, first_try: float, attempt: int) -> None:
+        reason = self.enqueue(device, payload, topic, attempt, first_try)
+        if reason:
+            device.fleet.delivery_failed(device, reason, "queue_full", len(payload))
+
+    # -- health ----------------------------------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Replace producers that are dead, or failing while the broker accepts connections (loop)."""
+        if now < self._next_check or not self.producers:
+            return
+        self._next_check = now + HEALTH_INTERVAL_S
+        suspects = [
+            p
+            for p in self.producers
+            if not p.healthy() or (p.failing_since is not None and time.monotonic() - p.failing_since > HEALTH_WINDOW_S)
+        ]
+        if suspects:
+            self.loop.create_task(self._replace(suspects))
+
+    async def _replace(self, suspects: list[PooledProducer]) -> None:
+        dead = [p for p in suspects if not p.healthy()]
+        stuck = [p for p in suspects if p.healthy()]
+        if stuck and not await self.loop.run_in_executor(None, self._broker_accepts):
+            stuck = []  # the broker is down: a new producer would not do better
+        for old in dead + stuck:
+            fresh = PooledProducer(self, old.index)
+            try:
+                await self.loop.run_in_executor(None, fresh.start)
+            except Exception as err:
+                log.warning("kafka producer %d for %s: replacement failed: %s", old.index, self.target, err)
+                continue
+            fresh.pending = old.pending
+            self.producers[old.index] = fresh
+            self.replaced += 1
+            reason = "its threads died" if old in dead else "it kept failing while the broker answers"
+            log.warning("kafka producer %d for %s replaced: %s", old.index, self.target, reason)
+            # What waits in the old queue goes out through the new producer (same order).
+            while True:
+                try:
+                    item = old.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    fresh.queue.put(item)
+            await self.loop.run_in_executor(None, old.stop, 1.0)
+
+    def _broker_accepts(self) -> bool:
+        for server in self.settings["bootstrap"].split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                with socket.create_connection((host or "localhost", int(port)), timeout=1.0):
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    async def close(self) -> None:
+        producers, self.producers = self.producers, []
+        timeout = min(2.0, self.settings["max_block_ms"] / 1000.0)
+        for p in producers:
+            await self.loop.run_in_executor(None, p.stop, timeout)
+        self._deliver()  # outcomes that arrived while closing
+
+
+#: Pools by settings, shared by the fleets of the process (all on the runtime loop).
+_pools: dict[tuple[Any, ...], ProducerPool] = {}
+
+
+def _settings(connection: Mapping[str, Any], fleet_name: str) -> tuple[dict[str, Any], int]:
+    host, port = connection.get("host"), connection.get("port")
+    if host or port:
+        bootstrap = f"{host or 'localhost'}:{port or 9092}"
+    else:
+        bootstrap = str(connection.get("bootstrap") or "localhost:9092")
+    compression = _compression(connection.get("compression"))
+    if compression is not None:
+        from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
+
+        available = {"gzip": has_gzip, "snappy": has_snappy, "lz4": has_lz4, "zstd": has_zstd}[compression]()
+        if not available:
+            raise TransportError(
+                f"Fleet '{fleet_name}': connection.compression '{compression}' needs a Python package that is not "
+                "installed (python-snappy, lz4 or zstandard); use gzip or none"
+            )
+    settings = {
+        "bootstrap": bootstrap,
+        "acks": _acks(connection.get("acks", 1)),
+        "compression": compression,
+        "linger_ms": int(connection.get("lingerMs", 5)),
+        "max_block_ms": int(connection.get("maxBlockMs", DEFAULT_MAX_BLOCK_MS)),
+    }
+    return settings, int(connection.get("producers", DEFAULT_PRODUCERS))
+
+
+class KafkaTransport(Transport):
+    """Kafka devices of one fleet, producing through a shared :class:`ProducerPool`."""
+
+    protocol = "kafka"
+    request_based = True
+
+    def __init__(self, fleet: Fleet) -> None:
+        super().__init__(fleet)
+        from iotix.observe.histogram import Histogram
+
+        settings, size = _settings(fleet.connection, fleet.name)
+        if size < 1:
+            raise TransportError(f"Fleet '{fleet.name}': connection.producers must be >= 1, got {size}")
+        self.settings = settings
+        self.size = size
+        self.key = (*sorted(settings.items()), size)
+        self._topic = compile_template(str(fleet.connection["topic"]))
+        self.latency = Histogram()
+        self.pool: ProducerPool | None = None
+
+    @property
+    def target(self) -> str:
+        return f"kafka://{self.settings['bootstrap']}"
+
+    def _acquire(self) -> ProducerPool:
+        if self.pool is None:
+            pool = _pools.get(self.key)
+            if pool is None:
+                pool = _pools[self.key] = ProducerPool(self.key, self.settings, self.size, asyncio.get_running_loop())
+            pool.users += 1
+            self.pool = pool
+        return self.pool
+
+    def topic_for(self, device: Device) -> str:
+        return self._topic.render_text(device.variables())
+
+    async def connect(self, device: Device) -> None:
+        await self._acquire().ready()
+        if device.topic is None:
+            device.topic = self.topic_for(device)
+        device.conn = True
+
+    def is_connected(self, device: Device) -> bool:
+        return bool(device.conn) and self.pool is not None and bool(self.pool.producers)
+
+    def send(
+        self, device: Device, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
+    ) -> bool:
+        pool = self.pool
+        if not device.conn or pool is None:
+            return False
+        reason = pool.enqueue(device, payload, topic or device.topic or self.topic_for(device))
+        if reason:
+            device.last_error = reason  # the fleet counts the refused message as failed
+            return False
+        return True
+
+    async def disconnect(self, device: Device) -> None:
+        device.conn = None
+
+    def drop(self, device: Device) -> None:
+        device.conn = None  # what its producer already took still goes out: it left the device
+
+    async def drain(self, timeout: float) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(p.pending for p in pool.producers) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    def periodic(self, now: float) -> None:
+        if self.pool is not None:
+            self.pool.check(now)
+
+    async def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        pool.users -= 1
+        if pool.users <= 0:
+            _pools.pop(pool.key, None)
+            await pool.close()
+
+    def describe(self) -> dict[str, Any]:
+        pool = self.pool
+        return {
+            **super().describe(),
+            "producers": len(pool.producers) if pool else 0,
+            "producersReplaced": pool.replaced if pool else 0,
+            "messagesInFlight": sum(p.pending for p in pool.producers) if pool else 0,
+            "acks": self.settings["acks"],
+            "compression": self.settings["compression"] or "none",
+            "produceLatencyMs": self.latency.summary(),
+        }
