@@ -16,6 +16,7 @@ from robot.api.types import Secret
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import neutralise_cell, seconds
 from iotix.errors import ConfigurationError
+from iotix.fleet.delivery import CircuitState, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.fleet import Credentials, Fleet, FleetOptions, format_device_id
 from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
@@ -124,6 +125,11 @@ class DeviceFleet:
         reconnect_base: timedelta = timedelta(seconds=0.5),
         reconnect_cap: timedelta = timedelta(seconds=30),
         tls_dir: str = "",
+        max_retries: int | None = None,
+        circuit_threshold: int | None = None,
+        circuit_cooldown: timedelta | None = None,
+        error_threshold: int | None = None,
+        transmission_log: int = 100,
     ) -> str:
         """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
 
@@ -139,6 +145,10 @@ class DeviceFleet:
         - ``reconnect_base``, ``reconnect_cap``: exponential backoff with full jitter after a lost connection.
         - ``tls_dir``: the directory where the relative paths of the model's ``connection.tls`` resolve
           (``certs/${deviceId}.pem``); default: the model file's directory.
+        - ``max_retries``, ``circuit_threshold``, ``circuit_cooldown``, ``error_threshold``: override the
+          model's ``connection.retry.maxRetries``, ``connection.circuitBreaker`` and
+          ``connection.errorThreshold`` (HTTP, CoAP CON and Kafka sends; see `Circuit Should Be`).
+        - ``transmission_log``: entries kept per device for `Get Transmission Log` (0: none).
 
         | ${fleet} =    Create Fleet    environmental-sensor-v1    count=100    id_pattern=env-{index:03d}
         | ...    host=${BROKER}[host]    port=${BROKER}[port]
@@ -170,10 +180,28 @@ class DeviceFleet:
             reconnect_cap_s=seconds(reconnect_cap),
             tls_dir=tls_dir or None,
         )
+        try:
+            delivery = DeliverySettings.from_connection(
+                connection,
+                max_retries=max_retries,
+                circuit_threshold=circuit_threshold,
+                circuit_cooldown_s=seconds(circuit_cooldown) if circuit_cooldown is not None else None,
+                error_threshold=error_threshold,
+                log_size=transmission_log,
+            )
+        except ConfigurationError as err:
+            raise KeywordError(f"Create Fleet of model '{m.id}': {err}") from None
 
         def create() -> Fleet:
             return sim.create_fleet(
-                fleet_name, m, ids, seed=seed, connection=connection, credentials=creds, options=options
+                fleet_name,
+                m,
+                ids,
+                seed=seed,
+                connection=connection,
+                credentials=creds,
+                options=options,
+                delivery=delivery,
             )
 
         fleet = self._ctx.call(create)
@@ -421,6 +449,108 @@ class DeviceFleet:
 
     # -- CSV -------------------------------------------------------------------------------------------
 
+    @keyword
+    def get_transmission_log(self, device_id: str, last: int = 100) -> list[dict[str, Any]]:
+        """Returns the device's last ``last`` transmissions, oldest first.
+
+        Each entry: ``time`` (UTC, ISO 8601), ``bytes``, ``result``, ``latencyMs`` and ``error``.
+        Results: ``ok`` (acknowledged: HTTP 2xx, CoAP ACK, Kafka broker ack), ``sent`` (MQTT: handed to the
+        broker connection), ``retrying`` (failed, tried again), ``failed``, ``circuit_open`` (not attempted:
+        the fleet's circuit is open). The log keeps the last ``transmission_log`` entries (`Create Fleet`).
+
+        | ${log} =    Get Transmission Log    vehicle-3    last=10
+        | Should Be Equal    ${log}[-1][result]    ok
+        """
+        if last < 1:
+            raise KeywordError(f"last must be >= 1, got {last}.")
+        device = self._ctx.simulator.find_device(device_id)
+        return self._ctx.call(lambda: list(device.tlog.entries(last)) if device.tlog is not None else [])
+
+    @keyword
+    def export_transmission_log(self, name: str, path: Path, last: int = 100) -> Path:
+        """Writes the transmission logs of all devices of fleet ``name`` to a CSV file and returns its path.
+
+        Columns: ``deviceId``, ``time``, ``bytes``, ``result``, ``latencyMs``, ``error``; up to ``last``
+        entries per device. Cells that a spreadsheet would run as a formula are written with a leading ``'``.
+        """
+        fleet = self._fleet(name)
+
+        def rows() -> list[list[Any]]:
+            out = []
+            for d in fleet.devices:
+                if d.tlog is not None:
+                    out.extend([d.id, *e.values()] for e in d.tlog.entries(last))
+            return out
+
+        data = self._ctx.call(rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["deviceId", "time", "bytes", "result", "latencyMs", "error"])
+            writer.writerows([neutralise_cell(cell) for cell in row] for row in data)
+        logger.info(f"Exported {len(data)} transmissions of fleet '{name}' to {path}.")
+        return path
+
+    @keyword
+    def circuit_should_be(self, name: str, state: CircuitState, timeout: timedelta = timedelta(0)) -> None:
+        """Fails unless the circuit breaker of fleet ``name`` is in ``state``: ``open``, ``closed`` or ``half_open``.
+
+        With a ``timeout``, waits up to that long for the state. The breaker guards HTTP, CoAP CON and
+        Kafka sends: it opens after ``failureThreshold`` consecutive failures, half-opens after
+        ``cooldownMs`` (one trial send) and closes when a send succeeds.
+
+        | Circuit Should Be    ${fleet}    open    timeout=10s
+        """
+        fleet = self._fleet(name)
+        if not fleet.delivery.guarded:
+            raise KeywordError(
+                f"Fleet '{name}' has no circuit breaker ({fleet.model.protocol} sends are not requests, "
+                "or circuit_threshold is 0)."
+            )
+        self._wait_for(
+            timeout,
+            lambda: fleet.delivery.breaker.state is state,
+            lambda: (
+                f"Circuit of fleet '{name}' ({fleet.delivery.breaker.endpoint}) is "
+                f"{fleet.delivery.breaker.state.value}, expected {state.value}; "
+                f"{fleet.delivery.breaker.failures} consecutive failures, last: "
+                f"{fleet.delivery.breaker.last_reason or '-'}"
+            ),
+        )
+
+    @keyword
+    def devices_in_state_should_be(
+        self, name: str, state: DeviceState, count: int, timeout: timedelta = timedelta(0)
+    ) -> None:
+        """Fails unless exactly ``count`` devices of fleet ``name`` are in ``state``.
+
+        With a ``timeout``, waits up to that long. The message lists the states of all devices and the last
+        errors of a few devices in state ``error``.
+
+        | Devices In State Should Be    ${fleet}    error    0
+        | Devices In State Should Be    ${fleet}    running    20    timeout=15s
+        """
+        fleet = self._fleet(name)
+
+        def message() -> str:
+            counts = {k: v for k, v in fleet.count_states().items() if v}
+            errors = [f"{d.id}: {d.last_error}" for d in fleet.devices if d.state is DeviceState.ERROR][:3]
+            detail = f"; in error: {'; '.join(errors)}" if errors else ""
+            return (
+                f"Fleet '{name}' has {counts.get(state.value, 0)} devices in state {state.value}, "
+                f"expected {count} (states: {counts}){detail}"
+            )
+
+        self._wait_for(timeout, lambda: sum(d.state is state for d in fleet.devices) == count, message)
+
+    def _wait_for(self, timeout: timedelta, condition: Any, message: Any) -> None:
+        """Poll ``condition`` on the loop until true or ``timeout``; fail with ``message()`` (built on the loop)."""
+        deadline = time.monotonic() + seconds(timeout)
+        while not self._ctx.call(condition):
+            if time.monotonic() >= deadline:
+                raise KeywordError(self._ctx.call(message))
+            time.sleep(0.1)
+
     @keyword("Export Devices To CSV")
     def export_devices_to_csv(self, name: str, path: Path) -> Path:
         """Writes one row per device of the fleet (id, state, counters, last error) to a CSV file.
@@ -514,6 +644,79 @@ class DeviceFleet:
             f"(overrides: {', '.join(fields) or 'none'})."
         )
         return fleet_name
+
+    # -- certificates ----------------------------------------------------------------------------------
+
+    @keyword
+    def create_device_certificates(
+        self, fleet: str, ca_dir: Path, expired: bool = False, days: int = 365
+    ) -> dict[str, Any]:
+        """Signs one client certificate per device of ``fleet`` with the CA in ``ca_dir``, where the devices
+        will look for them; returns ``directory``, ``count`` and ``caFile``.
+
+        The fleet must have been created with ``tls_dir`` (see `Create Fleet`) from a model whose
+        ``connection.tls`` has ``certFile`` and ``keyFile`` patterns such as ``certs/${deviceId}.pem`` and
+        ``certs/${deviceId}.key``: each device's certificate (subject common name = its device id, EC
+        P-256) and key (mode 0600) are written to the paths those patterns give under ``tls_dir``. When
+        ``caFile`` is a relative path too (``certs/ca.pem``), the CA certificate is copied there. The CA
+        (``ca.pem``, ``ca.key``) is created in ``ca_dir`` unless it is there; use the ``ca_dir`` of
+        `Start Local MQTT Broker` ``tls=True`` so that the broker trusts the devices.
+
+        - ``expired``: make certificates that expired yesterday (to test refused devices).
+        - ``days``: how long the certificates are valid.
+
+        Certificates already there are replaced. Private keys are never logged.
+
+        | ${secure} =    Start Local MQTT Broker    tls=True    ca_dir=${WORKDIR}/ca
+        | ${fleet} =    Create Fleet    secure-env-sensor    count=10    tls_dir=${WORKDIR}/devices
+        | ...    host=${secure}[host]    port=${secure}[port]
+        | ${certs} =    Create Device Certificates    ${fleet}    ${secure}[caDir]
+        | Start Fleet    ${fleet}
+        """
+        from iotix.security.certs import create_device_certificates, device_targets, load_or_create_ca
+        from iotix.transport.tls import FleetTls
+
+        f = self._ctx.simulator.fleet(fleet)
+        tls_dir = f.options.tls_dir
+        if not tls_dir:
+            raise KeywordError(
+                f"Fleet '{fleet}' has no tls_dir: create it with Create Fleet    tls_dir=<a folder for its "
+                "certificates>, so that private keys are not written next to the model file."
+            )
+        if days < 1:
+            raise KeywordError(f"days must be >= 1, got {days}.")
+
+        def resolve() -> tuple[FleetTls | None, list[dict[str, Any]]]:
+            tls = getattr(f.transport, "tls", None) or FleetTls.of(f)
+            return tls, [d.variables() for d in f.devices]
+
+        try:
+            tls, devices = self._ctx.call(resolve)
+        except ConfigurationError as err:
+            raise KeywordError(str(err)) from None
+        cert_pattern = tls.pattern("certFile") if tls is not None else None
+        key_pattern = tls.pattern("keyFile") if tls is not None else None
+        if tls is None or cert_pattern is None or key_pattern is None:
+            raise KeywordError(
+                f"Fleet '{fleet}' (model '{f.model.id}') has no connection.tls with certFile and keyFile: "
+                "its devices would not use client certificates."
+            )
+        base = tls.base_dir
+        ca_file = tls.fleet_path("caFile")
+        ca_copy = ca_file if ca_file is not None and ca_file.is_relative_to(base) else None
+        try:
+            ca = load_or_create_ca(ca_dir)
+            targets = device_targets(base, devices, cert_pattern=cert_pattern, key_pattern=key_pattern)
+            count = create_device_certificates(ca, targets, days=days, expired=expired, ca_copy=ca_copy)
+        except (ConfigurationError, OSError) as err:
+            raise KeywordError(f"Cannot create the certificates of fleet '{fleet}': {err}") from None
+        state = "expired " if expired else ""
+        logger.info(
+            f"Fleet '{fleet}': {count} {state}device certificates signed by '{ca.common_name}' ({ca.cert_path}) "
+            f"written under {base} ({cert_pattern}, {key_pattern})"
+            + (f"; CA certificate copied to {ca_copy}." if ca_copy else ".")
+        )
+        return {"directory": str(base), "count": count, "caFile": str(ca_copy or ca.cert_path)}
 
 
 def _single_model(path: Path, rows: list[dict[str, str]]) -> str:

@@ -166,7 +166,7 @@ class CircuitBreaker:
             self.state is CircuitState.CLOSED and self.failures >= self.threshold
         ):
             if self.state is CircuitState.CLOSED:
-                log.warning(
+                log.info(
                     "circuit to %s open after %d consecutive failures; sends paused for %.1f s",
                     self.endpoint,
                     self.failures,

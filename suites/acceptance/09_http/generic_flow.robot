@@ -13,6 +13,9 @@ Test Teardown       Stop Tiny HTTP Servers
 
 *** Variables ***
 ${TOKEN: Secret}        %{IOTIX_TEST_HTTP_TOKEN=iotix-acceptance-token}
+# Every reading is one request and a failing device stays running: what these tests count (resilience.robot
+# covers retries, the circuit breaker and the error state).
+&{NO BREAKER}           max_retries=0    circuit_threshold=0    error_threshold=0
 
 
 *** Test Cases ***
@@ -47,7 +50,7 @@ A 500 Storm Is Counted With The Status And The Body
     [Documentation]    The server answers 500 to the odd devices: each of their readings is a failure whose
     ...    reason has the status, the request and the start of the body; the devices keep running.
     ${port} =    Start Tiny HTTP Server
-    ${fleet} =    Start Generic Fleet    storm    ${port}    count=4
+    ${fleet} =    Start Generic Fleet    storm    ${port}    count=4    &{NO BREAKER}
     Wait Until Fleet Has Failed    ${fleet}    6
     ${failing} =    Get Device Status    storm-1
     Should Be Equal    ${failing}[lastError]
@@ -58,7 +61,7 @@ A 500 Storm Is Counted With The Status And The Body
 The Other Devices Keep Delivering Through A 500 Storm
     [Documentation]    The even devices, which the server answers 201, deliver all along with no failure.
     ${port} =    Start Tiny HTTP Server
-    ${fleet} =    Start Generic Fleet    calm    ${port}    count=4
+    ${fleet} =    Start Generic Fleet    calm    ${port}    count=4    &{NO BREAKER}
     Wait Until Fleet Has Failed    ${fleet}    4
     ${working} =    Get Device Status    calm-2
     Wait Until Keyword Succeeds    10s    200ms    Device Should Have Delivered More Than    calm-2
@@ -70,7 +73,7 @@ A Server That Does Not Answer Is Counted, Not Waited For
     [Documentation]    A server that accepts connections and never answers: each request fails after the model's
     ...    timeoutMs (1 s) with the reason; the devices keep running and the fleet stops at once.
     ${port} =    Start Tiny HTTP Server    --silent
-    ${fleet} =    Start Generic Fleet    mute    ${port}    count=2
+    ${fleet} =    Start Generic Fleet    mute    ${port}    count=2    &{NO BREAKER}
     Wait Until Fleet Has Failed    ${fleet}    2
     Device Status Should Include    mute-0
     ...    lastError=no answer from POST http://127.0.0.1:${port}/sensors/0/readings within 1 s
@@ -83,27 +86,8 @@ A Server That Does Not Answer Is Counted, Not Waited For
 A Server That Is Not There Is Counted
     [Documentation]    Nothing listens on the port: each request fails with "cannot connect" and the address.
     ${port} =    Free TCP Port
-    ${fleet} =    Start Generic Fleet    absent    ${port}
+    ${fleet} =    Start Generic Fleet    absent    ${port}    &{NO BREAKER}
     Wait Until Fleet Has Failed    ${fleet}    2
     ${status} =    Get Device Status    absent-0
     Should Match    ${status}[lastError]
     ...    POST http://127.0.0.1:${port}/sensors/0/readings failed: cannot connect to 127.0.0.1:${port}: *
-
-
-*** Keywords ***
-Start Generic Fleet
-    [Documentation]    Creates ${count} devices ${name}-0, ${name}-1, ... of the generic HTTP test model against
-    ...    ${port} of 127.0.0.1 with ${options}, starts them and waits until they run. Returns the fleet name.
-    [Arguments]    ${name}    ${port}    ${count}=1    &{options}
-    ${fleet} =    Create Fleet    acceptance-http-generic    count=${count}    name=${name}
-    ...    id_pattern=${name}-{index}    host=127.0.0.1    port=${port}    &{options}
-    Start Fleet    ${fleet}
-    Wait Until Fleet Is Running    ${fleet}
-    RETURN    ${fleet}
-
-Recorded Requests
-    [Documentation]    The requests the tiny HTTP server recorded in ${path}, oldest first.
-    [Arguments]    ${path}
-    ${text} =    Get File    ${path}
-    ${requests} =    Evaluate    [json.loads(line) for line in $text.splitlines()]    modules=json
-    RETURN    ${requests}

@@ -6,6 +6,9 @@ Binds a free port on 127.0.0.1 and prints ``listening on <port>`` once it accept
 
 - ``POST|PUT|PATCH /sensors/<n>/readings``: 201 ``{"stored": true}`` for an even ``n``; 500 ``storm at
   sensor <n>`` for an odd ``n`` (a "500 storm" on half of the devices, the others unaffected);
+- ``PUT /control/answer/<status>``: from now on every reading is answered ``<status>`` (with the body
+  ``backend failing`` when it is not 2xx): a whole backend in trouble, or all well; ``/control/answer/0``
+  goes back to the odd/even behaviour above. Answers 204.
 - anything else: 404.
 - ``--record FILE``: appends one JSON line per request: ``method``, ``path``, ``headers`` and ``body``; the
   Authorization header is kept as the SHA-256 of its value (``authorizationSha256``), so that the token of a
@@ -27,10 +30,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 READINGS = re.compile(r"^/sensors/(\d+)/readings$")
+CONTROL = re.compile(r"^/control/answer/(\d+)$")
 
 
 def make_handler(record: str | None) -> type[BaseHTTPRequestHandler]:
     lock = threading.Lock()
+    answer = [0]  # the status every reading gets (0: by the sensor number)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the fleets' pooled clients expect
@@ -51,8 +56,16 @@ def make_handler(record: str | None) -> type[BaseHTTPRequestHandler]:
                 }
                 with lock, open(record, "a", encoding="utf-8") as out:
                     out.write(json.dumps(line) + "\n")
+            control = CONTROL.match(self.path)
+            if control is not None:
+                answer[0] = int(control.group(1))
+                self._answer(204, b"")
+                return
             match = READINGS.match(self.path)
-            if match is None:
+            if match is not None and answer[0]:
+                ok = 200 <= answer[0] < 300
+                self._answer(answer[0], b'{"stored": true}' if ok else b"backend failing", "text/plain")
+            elif match is None:
                 self._answer(404, b'{"error": "not found"}')
             elif int(match.group(1)) % 2:
                 self._answer(500, f"storm at sensor {match.group(1)}".encode(), "text/plain")
