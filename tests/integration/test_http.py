@@ -21,6 +21,7 @@ from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import Credentials
 from iotix.fleet.timeline import DropoutSettings, LaunchSettings
 from iotix.services import find_mosquitto, start_iotflow_backend, start_local_broker
+from iotix.transport import http as http_transport
 from iotix.transport.http import forget_api_keys, iso_utc, override_host_port
 from iotix.transport.mqtt_probe import MqttProbe
 
@@ -313,6 +314,21 @@ def test_an_unreachable_or_silent_target_fails_with_the_reason(h: Harness, serve
     # Sends keep failing: the devices are in state error, still trying (not stopped, not reconnecting).
     h.wait(lambda: down.devices[0].state is DeviceState.ERROR, what="the unreachable device in state error")
     assert down.stats()["failuresByReason"]["connection_error"] >= 1
+
+
+def test_a_pool_whose_requests_keep_timing_out_is_replaced_when_the_server_accepts_connections(
+    h: Harness, server: RecordingServer, monkeypatch
+) -> None:
+    monkeypatch.setattr(http_transport, "HEALTH_INTERVAL_S", 0.2)
+    server.delay = 1.0
+    settings = DeliverySettings(max_retries=0, circuit_threshold=0)
+    fleet = h.fleet("pool", http_model(server.url + "/p", timeoutMs=200), 2, delivery=settings)
+    h.start(fleet)
+    h.wait(lambda: fleet.stats()["transport"]["poolsReplaced"] >= 1, what="the pool to be replaced")
+    server.delay = 0.0
+    acked = fleet.stats()["messagesAcked"]
+    h.wait(lambda: fleet.stats()["messagesAcked"] > acked + 4, what="delivery through the new pool")
+    h.stop(fleet)
 
 
 def test_launch_strategy_and_dropout_stop_and_resume_sends(h: Harness, server: RecordingServer) -> None:

@@ -91,6 +91,10 @@ BACKLOG_PER_CONNECTION = 100
 STOP_DRAIN_S = 2.0
 #: ``periodic`` runs about every 100 ms (see :class:`iotix.fleet.simulator.Simulator`).
 PERIODIC_S = 0.1
+#: Health of the pooled connections: checked this often; after this many consecutive connection errors or
+#: timeouts, if the server accepts a fresh TCP connection, the pool (its kept-alive connections) is replaced.
+HEALTH_INTERVAL_S = 5.0
+HEALTH_STREAK = 5
 #: ``onConflict: suffix`` tries ``name_1`` .. ``name_<MAX_SUFFIX>``.
 MAX_SUFFIX = 100
 
@@ -342,6 +346,11 @@ class HttpTransport(Transport):
         self._closing = False
         self._cursor = 0
         self._sweep_s = self._sweep_period()
+        self._bad_streak = 0  # consecutive connection errors / timeouts of the pool
+        self._next_health = 0.0
+        self._probing = False
+        self.pools_replaced = 0
+        self._retired: set[aiohttp.ClientSession] = set()  # replaced pools, closed when their requests are done
 
     # -- configuration ------------------------------------------------------------------------------------
 
@@ -707,6 +716,8 @@ class HttpTransport(Transport):
             return
 
         def failed(reason: str, code: str, fault: bool = True) -> None:
+            if code in ("timeout", "connection_error"):
+                self._bad_streak += 1
             self._failed(kind, device, reason, code, body, loop.time() - t0, fault, conn, attempt, first_try)
 
         method, url, headers = self._route(kind, device, conn)
@@ -725,6 +736,7 @@ class HttpTransport(Transport):
         except aiohttp.ClientError as err:
             failed(f"{method} {url} failed: {_client_error(err)}", "connection_error")
             return
+        self._bad_streak = 0
         if snippet is None:
             self._delivered(kind, device, loop.time() - t0, len(body))
             return
@@ -789,7 +801,12 @@ class HttpTransport(Transport):
     # -- housekeeping -------------------------------------------------------------------------------------
 
     def periodic(self, now: float) -> None:
-        """Heartbeats that are due and hybrid MQTT keep-alives, for a slice of the devices per call."""
+        """Pool health; heartbeats that are due and hybrid MQTT keep-alives, for a slice of the devices per call."""
+        if now >= self._next_health:
+            self._next_health = now + HEALTH_INTERVAL_S
+            if self._bad_streak >= HEALTH_STREAK and self._session is not None and not self._probing:
+                self._probing = True
+                asyncio.get_running_loop().create_task(self._check_pool())
         devices = self.fleet.devices
         n = len(devices)
         if not n or not self._sweep_s:
@@ -807,6 +824,36 @@ class HttpTransport(Transport):
                 conn.beat_due = now + beat
                 self._enqueue(_HEARTBEAT, device, conn, b"{}")
         self._cursor = start + chunk
+
+    async def _check_pool(self) -> None:
+        """The pool keeps failing: if the server accepts a new connection, its kept-alive ones are stale
+        (a restarted server, a proxy that dropped them): replace the pool. Requests in flight finish on the old
+        one, which closes after ``timeoutMs``."""
+        url = URL(self.endpoint)
+        try:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), 2.0)
+            except (OSError, asyncio.TimeoutError):
+                return  # the server is down: a new pool would not do better
+            writer.close()
+            old, self._session = self._session, None
+            self._bad_streak = 0
+            if old is None or self._closing:
+                return
+            self.pools_replaced += 1
+            log.warning(
+                "fleet %s: HTTP connection pool to %s replaced (its connections kept failing, the server accepts new "
+                "ones)",
+                self.fleet.name,
+                self.endpoint,
+            )
+            self._retired.add(old)
+            await asyncio.sleep(self.timeout)
+            if old in self._retired:
+                self._retired.discard(old)
+                await old.close()
+        finally:
+            self._probing = False
 
     async def close(self) -> None:
         """Let requests in flight finish (briefly), fail what is left, close the pool."""
@@ -826,6 +873,9 @@ class HttpTransport(Transport):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        for old in list(self._retired):
+            self._retired.discard(old)
+            await old.close()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -837,6 +887,7 @@ class HttpTransport(Transport):
             "requestLatencyMs": self.latency.summary(),
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatsFailed": self.heartbeats_failed,
+            "poolsReplaced": self.pools_replaced,
         }
 
 
