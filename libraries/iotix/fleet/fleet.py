@@ -583,7 +583,6 @@ class Fleet:
             "behaviorsFired": self.behaviors_fired,
             "dropoutStepsDone": self.dropouts_done,
             "dropoutSteps": self.dropout_steps,
-            "retries": sum(d.retries for d in ds),
             **self.delivery.describe(),
             "sendLatenessMs": lateness,
             "transport": self.transport.describe(),
