@@ -69,15 +69,18 @@ def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
     """The receiver named ``source``, or the default one for the fleet's protocol.
 
     Names: an MQTT connection alias, ``coap`` (the local CoAP server), ``observe:<alias>`` (a CoAP
-    observation), ``iotflow`` (the local IoTFlow backend's store). Without a name: the local CoAP server (or
-    the only observation) for a CoAP fleet, the IoTFlow backend for an IoTFlow fleet that sends over HTTP, the
-    MQTT receiver otherwise; a CoAP or IoTFlow fleet without its receiver fails (an MQTT receiver cannot have
-    seen its telemetry) and the message lists the receivers there are.
+    observation), ``iotflow`` (the local IoTFlow backend's store), ``kafka:<alias>`` (the Kafka subscriptions
+    of a Kafka connection). Without a name: the local CoAP server (or the only observation) for a CoAP fleet,
+    the IoTFlow backend for an IoTFlow fleet that sends over HTTP, the Kafka connection subscribed to the
+    fleet's topic for a Kafka fleet, the MQTT receiver otherwise; a CoAP, IoTFlow or Kafka fleet without its
+    receiver fails (an MQTT receiver cannot have seen its telemetry) and the message lists the receivers
+    there are.
     """
     from iotix._robot.coap_keywords import coap_sources
     from iotix._robot.iotflow_keywords import iotflow_sources
+    from iotix._robot.kafka_keywords import kafka_sources, kafka_topics_of
 
-    others = {**coap_sources(ctx), **iotflow_sources(ctx)}
+    others = {**coap_sources(ctx), **iotflow_sources(ctx), **kafka_sources(ctx)}
     if source:
         if source in others:
             return others[source]
@@ -86,7 +89,8 @@ def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
         known = [*ctx.services.get("probes", {}), *others]
         raise KeywordError(
             f"No receiver named '{source}' (available: {', '.join(repr(k) for k in known) or 'none'}); connect "
-            "and subscribe an MQTT receiver, start a local CoAP server or IoTFlow backend, or observe a resource."
+            "and subscribe an MQTT receiver, start a local CoAP server or IoTFlow backend, observe a resource, "
+            "or subscribe to a Kafka topic."
         )
     protocol = fleet.model.protocol
     probes = ctx.services.get("probes", {})
@@ -107,6 +111,20 @@ def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
             "start a local CoAP server or observe a resource, or name a receiver with source=."
         )
     connection = fleet.connection
+    if protocol == "kafka":
+        topic = connection.get("topic")
+        consuming = [name for name, topics in kafka_topics_of(ctx).items() if topic in topics]
+        if len(consuming) == 1:
+            return others[consuming[0]]
+        if consuming:
+            raise KeywordError(
+                f"Fleet '{fleet.name}' (kafka): several Kafka connections consume its topic '{topic}' "
+                f"({', '.join(repr(k) for k in consuming)}); say which with source=."
+            )
+        raise KeywordError(
+            f"Fleet '{fleet.name}' (kafka): no Kafka subscription consumes its topic '{topic}' (available: "
+            f"{available}); use Connect To Kafka and Subscribe To Kafka Topic, or name a receiver with source=."
+        )
     if protocol == "http" and connection.get("flow") == "iotflow" and connection.get("telemetryOver") != "mqtt":
         if "iotflow" in others:
             return others["iotflow"]

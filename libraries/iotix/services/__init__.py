@@ -4,6 +4,7 @@ Every server runs as a :class:`ManagedProcess`: its own process group, output in
 """
 
 from iotix.services.iotflow import IoTFlowBackend, start_iotflow_backend
+from iotix.services.kafka_broker import KafkaBroker, find_tansu, start_local_kafka_broker
 from iotix.services.mqtt_broker import (
     BROKER_KINDS,
     INSTALL_HINT,
@@ -31,12 +32,14 @@ __all__ = [
     "INSTALL_HINT",
     "LOCALHOST",
     "IoTFlowBackend",
+    "KafkaBroker",
     "ManagedProcess",
     "MqttBroker",
     "ProcessStartError",
     "amqtt_command",
     "available_broker_kinds",
     "find_mosquitto",
+    "find_tansu",
     "group_listens_on",
     "live_processes",
     "pick_free_port",
@@ -44,6 +47,7 @@ __all__ = [
     "port_accepts",
     "start_iotflow_backend",
     "start_local_broker",
+    "start_local_kafka_broker",
     "start_with_port_retry",
     "stop_all",
 ]

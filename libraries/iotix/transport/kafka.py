@@ -132,11 +132,16 @@ class PooledProducer:
         self.queue.put(None)
         if self.thread is not None:
             self.thread.join(timeout)
-        if self.producer is not None:
+        producer = self.producer
+        if producer is not None:
             with contextlib.suppress(Exception):
-                self.producer.flush(timeout=timeout)
-            with contextlib.suppress(Exception):
-                self.producer.close(timeout=timeout)
+                producer.flush(timeout=timeout)
+            try:
+                producer.close(timeout=timeout)
+            except Exception:  # records pending and the broker gone: kafka-python leaves its I/O thread running
+                with contextlib.suppress(Exception):
+                    producer._sender.force_close()
+                    producer.close(timeout=0)
 
 
 def _describe(err: BaseException) -> str:

