@@ -680,7 +680,7 @@ class DeviceFleet:
         tls_dir = f.options.tls_dir
         if not tls_dir:
             raise KeywordError(
-                f"Fleet '{fleet}' has no tls_dir: create it with Create Fleet    tls_dir=<a folder for its "
+                f"Fleet '{fleet}' has no tls_dir: create it with Create Fleet and tls_dir=<a folder for its "
                 "certificates>, so that private keys are not written next to the model file."
             )
         if days < 1:
@@ -700,6 +700,11 @@ class DeviceFleet:
             raise KeywordError(
                 f"Fleet '{fleet}' (model '{f.model.id}') has no connection.tls with certFile and keyFile: "
                 "its devices would not use client certificates."
+            )
+        if tls.fleet_path("certFile") is not None:
+            raise KeywordError(
+                f"Fleet '{fleet}': connection.tls.certFile '{cert_pattern}' is the same file for every device; "
+                "use a per-device pattern such as certs/${deviceId}.pem."
             )
         base = tls.base_dir
         ca_file = tls.fleet_path("caFile")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from robot.api import logger
@@ -15,16 +16,19 @@ from iotix._robot.coap_keywords import CoapKeywords
 from iotix._robot.context import KeywordError, SuiteCleanupListener, get_context
 from iotix._robot.convert import seconds
 from iotix._robot.iotflow_keywords import IoTFlowKeywords
+from iotix._robot.kafka_keywords import KafkaKeywords
 from iotix._robot.telemetry import collect, describe_failure, parse_percent, pick_source
+from iotix.errors import ConfigurationError
 from iotix.services.mqtt_broker import MqttBroker, start_local_broker
 from iotix.transport.base import TransportError
 from iotix.transport.mqtt_probe import MqttProbe
+from iotix.transport.tls import ClientTls, client_tls
 
 __version__ = "0.1.0"
 
 
 @library(scope="GLOBAL", version=__version__, auto_keywords=False, listener=SuiteCleanupListener(), doc_format="ROBOT")
-class ProtocolClient(CoapKeywords, IoTFlowKeywords):
+class ProtocolClient(CoapKeywords, IoTFlowKeywords, KafkaKeywords):
     """Test-side clients: local brokers to run against, and connections that subscribe, publish and check.
 
     = Receivers and aliases =
@@ -40,6 +44,14 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
     `Start Local MQTT Broker` starts Mosquitto (or, where it is not installed, the embedded amqtt broker)
     on 127.0.0.1 on a port free for this process, so parallel pabot workers never clash. A server
     started by a suite is stopped when that suite ends.
+
+    = TLS =
+
+    `Start Local MQTT Broker` with ``tls=True`` starts a second kind of broker (Mosquitto only) for mutual
+    TLS: it requires a client certificate signed by its CA and takes the certificate's common name as the
+    user name. Devices get their certificates from `Create Device Certificates` (DeviceFleet); a test
+    receiver connects with `Connect To MQTT Broker` and the ``ca_file``, ``cert_file`` and ``key_file``
+    the broker returns. Private keys are never logged.
     """
 
     def __init__(self) -> None:
@@ -52,53 +64,82 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
     # -- local broker ---------------------------------------------------------------------------------
 
     @keyword("Start Local MQTT Broker")
-    def start_local_mqtt_broker(self, kind: str = "auto") -> dict[str, Any]:
+    def start_local_mqtt_broker(
+        self, kind: str = "auto", tls: bool = False, ca_dir: Path | None = None
+    ) -> dict[str, Any]:
         """Starts a local MQTT broker and returns a dictionary with ``host``, ``port``, ``kind`` and ``url``.
 
         ``kind`` is ``auto`` (Mosquitto when installed, else the embedded broker), ``mosquitto`` or
         ``amqtt``. Mosquitto runs with settings that lose nothing (no queue limit, large in-flight window).
         Only one local broker per process: a second call returns the running one.
 
+        ``tls=True`` starts the local TLS broker instead (Mosquitto only; it runs beside a plain one): TLS 1.2
+        or newer, a client certificate signed by the CA in ``ca_dir`` is required, and its common name
+        becomes the client's user name. The CA (``ca.pem``, ``ca.key``) is created in ``ca_dir`` unless it is
+        there (default: a folder of the broker's, removed when it stops). The server certificate is for
+        ``localhost`` and ``127.0.0.1``. The dictionary then also has ``tls`` (true), ``url``
+        (``mqtts://...``), ``ca`` (the CA certificate), ``caDir``, and ``clientCert`` / ``clientKey``: a
+        client certificate (user name ``iotix-receiver``) for a test receiver.
+
         | ${broker} =    Start Local MQTT Broker
         | Create Fleet    simple-temperature    host=${broker}[host]    port=${broker}[port]
+        |
+        | ${secure} =    Start Local MQTT Broker    tls=True    ca_dir=${TEMPDIR}/iotix-ca
+        | Connect To MQTT Broker    ${secure}[host]    ${secure}[port]    alias=tls    ca_file=${secure}[ca]
+        | ...    cert_file=${secure}[clientCert]    key_file=${secure}[clientKey]
         """
-        broker: MqttBroker | None = self._ctx.services.get("mqtt_broker")
+        key = _broker_key(tls)
+        what = _broker_name(tls)
+        broker: MqttBroker | None = self._ctx.services.get(key)
         if broker is not None and broker.is_running:
+            if ca_dir is not None and broker.ca_dir != ca_dir.absolute():
+                raise KeywordError(
+                    f"The {what} is already running with the CA in '{broker.ca_dir}', not '{ca_dir}': "
+                    "stop it first (Stop Local MQTT Broker with tls=True)."
+                )
             return broker.info()
+        if ca_dir is not None and not tls:
+            raise KeywordError("ca_dir is the CA of the local TLS broker: give tls=True too.")
         try:
-            broker = start_local_broker(kind=kind)
+            broker = start_local_broker(kind=kind, tls=tls, ca_dir=ca_dir)
         except Exception as err:
-            raise KeywordError(f"Cannot start a local MQTT broker ({kind}): {err}") from None
-        self._ctx.services["mqtt_broker"] = broker
-        self._ctx.own("local MQTT broker", self.stop_local_mqtt_broker)
+            raise KeywordError(f"Cannot start a {what} ({kind}): {err}") from None
+        self._ctx.services[key] = broker
+        self._ctx.own(what, lambda: self.stop_local_mqtt_broker(tls))
         info = broker.info()
-        logger.info(f"Local MQTT broker ({info['kind']}) listening on {info['host']}:{info['port']}.")
+        extra = f", CA {info['ca']}" if tls else ""
+        logger.info(f"{what.capitalize()} ({info['kind']}) listening on {info['host']}:{info['port']}{extra}.")
         return info
 
-    def _broker(self) -> MqttBroker:
-        broker: MqttBroker | None = self._ctx.services.get("mqtt_broker")
+    def _broker(self, tls: bool = False) -> MqttBroker:
+        broker: MqttBroker | None = self._ctx.services.get(_broker_key(tls))
         if broker is None:
-            raise KeywordError("No local MQTT broker is running: use Start Local MQTT Broker first.")
+            flag = " with tls=True" if tls else ""
+            raise KeywordError(f"No {_broker_name(tls)} is running: use Start Local MQTT Broker{flag} first.")
         return broker
 
     @keyword("Stop Local MQTT Broker")
-    def stop_local_mqtt_broker(self) -> None:
-        """Stops the local MQTT broker started by `Start Local MQTT Broker` (nothing if none runs)."""
-        broker = self._ctx.services.pop("mqtt_broker", None)
+    def stop_local_mqtt_broker(self, tls: bool = False) -> None:
+        """Stops the local MQTT broker started by `Start Local MQTT Broker` (nothing if none runs).
+
+        ``tls=True`` stops the local TLS broker.
+        """
+        broker = self._ctx.services.pop(_broker_key(tls), None)
         if broker is not None:
             broker.stop()
-            self._ctx.disown("local MQTT broker")
-            logger.info("Local MQTT broker stopped.")
+            self._ctx.disown(_broker_name(tls))
+            logger.info(f"{_broker_name(tls).capitalize()} stopped.")
 
     @keyword("Restart Local MQTT Broker")
-    def restart_local_mqtt_broker(self, down_for: timedelta = timedelta(0)) -> dict[str, Any]:
+    def restart_local_mqtt_broker(self, down_for: timedelta = timedelta(0), tls: bool = False) -> dict[str, Any]:
         """Stops the local broker, keeps it down for ``down_for``, and starts it again on the same port.
 
         Devices lose their connections and come back with backoff; use it to test broker outages.
+        ``tls=True`` restarts the local TLS broker (same port, same certificates).
         """
-        broker = self._broker()
+        broker = self._broker(tls)
         broker.restart(down_for=seconds(down_for))
-        logger.info(f"Local MQTT broker restarted after {seconds(down_for):g} s down.")
+        logger.info(f"{_broker_name(tls).capitalize()} restarted after {seconds(down_for):g} s down.")
         return broker.info()
 
     # -- connections ----------------------------------------------------------------------------------
@@ -113,13 +154,22 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
         username: str = "",
         password: Secret = None,  # not "Secret | None": with a union Robot echoes a plain-text value in its error
         timeout: timedelta = timedelta(seconds=10),
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> str:
         """Connects a test client to an MQTT broker under ``alias``; returns the client id.
 
         ``password`` must be a Robot ``Secret``. The connection comes back by itself if the broker
         restarts, and renews its subscriptions.
 
+        With ``ca_file`` the connection uses TLS (1.2 or newer) and trusts that CA certificate; with
+        ``cert_file`` and ``key_file`` it presents a client certificate (mutual TLS). The broker's
+        certificate must match ``host``.
+
         | Connect To MQTT Broker    ${broker}[host]    ${broker}[port]    alias=backend
+        | Connect To MQTT Broker    ${secure}[host]    ${secure}[port]    alias=tls    ca_file=${secure}[ca]
+        | ...    cert_file=${secure}[clientCert]    key_file=${secure}[clientKey]
         """
         if alias in self._probes:
             raise KeywordError(
@@ -129,6 +179,7 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
         cid = client_id or f"iotix-probe-{alias}-{os.getpid()}"
         limit = seconds(timeout)
         fleet_of = self._ctx.simulator.fleet_name_of
+        tls = _receiver_tls(alias, ca_file, cert_file, key_file)
 
         async def connect() -> MqttProbe:
             probe = MqttProbe(alias, cid)
@@ -140,6 +191,7 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
                     username=username or None,
                     password=password.value if password is not None else None,
                     timeout=limit,
+                    tls=tls,
                 )
             except BaseException:
                 await probe.close()  # a refused or failed connection must not keep reconnecting in the background
@@ -306,6 +358,25 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords):
         params = {k: _jsonable(v) for k, v in parameters.items()}
         self.publish_mqtt_message(topics[command], json.dumps(params), qos=1, alias=alias)
         logger.info(f"Sent '{command}' {params} to {device_id} on {topics[command]}.")
+
+
+def _broker_key(tls: bool) -> str:
+    """Where the context keeps the local plain or TLS broker."""
+    return "mqtt_broker_tls" if tls else "mqtt_broker"
+
+
+def _broker_name(tls: bool) -> str:
+    return "local TLS MQTT broker" if tls else "local MQTT broker"
+
+
+def _receiver_tls(alias: str, ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ClientTls | None:
+    """The TLS settings of a test connection (None: plain MQTT)."""
+    if ca_file is None and cert_file is None and key_file is None:
+        return None
+    try:
+        return client_tls(ca_file, cert_file, key_file)
+    except ConfigurationError as err:
+        raise KeywordError(f"Cannot connect '{alias}' over TLS: {err}.") from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The ``iotix`` console command: check device models and preview what their devices send.
+"""The ``iotix`` console command: check device models, preview what their devices send, make certificates.
 
 ``iotix validate PATH...``
     Validate model files and folders (folders recursively, as :func:`iotix.model.load_models` reads them).
@@ -9,6 +9,13 @@
     Print the payloads one device of the model would send, one JSON object per line, in send order, on a
     simulated clock: the same arguments always print the same bytes.
 
+``iotix certs --ca-dir CA [--out DIR] (--count N [--id-pattern P] | --ids ID,...) [--expired] [--days D]
+[--server NAME]...``
+    Sign one client certificate per device with the CA in ``CA`` (``ca.pem``, ``ca.key``; created unless
+    there) and write ``DIR/certs/<id>.pem``, ``DIR/certs/<id>.key`` (mode 0600) and ``DIR/certs/ca.pem``: the
+    layout of the ``secure-env-sensor`` model's ``connection.tls``, so ``Create Fleet ... tls_dir=DIR`` finds
+    them. ``--server`` also writes ``DIR/server.pem`` and ``DIR/server.key`` for a broker with those names.
+
 Problems are reported as messages, never as tracebacks.
 """
 
@@ -17,20 +24,22 @@ from __future__ import annotations
 import argparse
 import base64
 import heapq
+import ipaddress
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from iotix import __version__
-from iotix.errors import IoTixError, NotFoundError
+from iotix.errors import ConfigurationError, IoTixError, NotFoundError
 from iotix.model.errors import ROOT, ModelError, ModelNotFoundError
 from iotix.model.loader import MODEL_SUFFIXES, load_model, model_files
 from iotix.model.types import DeviceModel
 
-__all__ = ["DEFAULT_START_TS", "main", "sample_payloads"]
+__all__ = ["DEFAULT_START_TS", "device_ids", "main", "sample_payloads"]
 
 #: ``ts`` of the first reading printed by ``iotix sample`` unless ``--start-ts`` is given (2023-11-14 22:13:20
 #: UTC): a fixed value keeps the output reproducible.
@@ -60,10 +69,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iotix",
-        description="IoTix: check device models and preview the telemetry their devices send.",
+        description="IoTix: check device models, preview the telemetry their devices send, make test certificates.",
     )
     parser.add_argument("--version", action="version", version=f"iotix {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -110,6 +127,51 @@ def _build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MODELS_DIR,
         help="folder searched for a MODEL given by id (default ./models)",
     )
+
+    certs = commands.add_parser(
+        "certs",
+        help="make a test CA and one client certificate per device (mutual TLS)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Sign one client certificate per device (subject common name = the device id, EC P-256,\n"
+            "valid --days days) with the CA in --ca-dir (ca.pem and ca.key, created unless there), and write\n"
+            "\n"
+            "  OUT/certs/<id>.pem   the device's certificate\n"
+            "  OUT/certs/<id>.key   its private key (mode 0600)\n"
+            "  OUT/certs/ca.pem     a copy of the CA certificate\n"
+            "\n"
+            "That is the layout of the secure-env-sensor model (certFile certs/${deviceId}.pem, keyFile\n"
+            "certs/${deviceId}.key, caFile certs/ca.pem): create its fleet with the same ids and tls_dir=OUT,\n"
+            "and give the broker the same CA (Start Local MQTT Broker  tls=True  ca_dir=CA). Certificates of\n"
+            "the same ids are replaced. Exit status: 0 done, 1 failed, 2 usage error."
+        ),
+        epilog=(
+            "example:\n"
+            "  iotix certs --ca-dir /tmp/ca --out /tmp/fleet --count 2000 --id-pattern env-{index:04d}\n"
+            "  then: Create Fleet  secure-env-sensor  count=2000  id_pattern=env-{index:04d}  tls_dir=/tmp/fleet"
+        ),
+    )
+    certs.add_argument("--ca-dir", metavar="CA", type=Path, required=True, help="folder of the CA (created if needed)")
+    certs.add_argument("--out", metavar="OUT", type=Path, default=Path(), help="output folder (default .)")
+    which = certs.add_mutually_exclusive_group(required=True)
+    which.add_argument("-n", "--count", type=_non_negative_int, help="number of devices, ids from --id-pattern")
+    which.add_argument("--ids", metavar="ID,...", help="comma-separated device ids")
+    certs.add_argument(
+        "--id-pattern",
+        metavar="P",
+        default="device-{index}",
+        help="device ids for --count: {index} 0-based, {n} 1-based, format specs work (default device-{index}; "
+        "use the id_pattern of Create Fleet)",
+    )
+    certs.add_argument("--days", type=_positive_int, default=365, help="validity in days (default 365)")
+    certs.add_argument("--expired", action="store_true", help="make certificates that expired yesterday (tests)")
+    certs.add_argument(
+        "--server",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="also write OUT/server.pem and OUT/server.key for this DNS name or IP address (repeatable)",
+    )
     return parser
 
 
@@ -125,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if isinstance(code, int) else EXIT_USAGE
     if args.command == "validate":
         return _validate_command(args.paths, quiet=args.quiet, out=sys.stdout)
+    if args.command == "certs":
+        return _certs_command(args, out=sys.stdout, err=sys.stderr)
     return _sample_command(args, out=sys.stdout, err=sys.stderr)
 
 
@@ -341,6 +405,82 @@ def _sample_command(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> in
     for line in lines:
         print(line, file=out)
     return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# iotix certs
+# --------------------------------------------------------------------------------------------------
+
+
+def device_ids(pattern: str, count: int) -> list[str]:
+    """``count`` device ids from ``pattern`` (``{index}`` 0-based, ``{n}`` 1-based, format specs allowed).
+
+    Raises :class:`ConfigurationError` for a pattern that does not format, or that gives duplicates.
+    """
+    try:
+        ids = [pattern.format(index=i, n=i + 1) for i in range(count)]
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigurationError(
+            f"id pattern '{pattern}' is not usable ({err}); use {{index}}, {{index:04d}} or {{n}}"
+        ) from None
+    if len(set(ids)) != len(ids):
+        raise ConfigurationError(f"id pattern '{pattern}' gives the same id twice: add {{index}}")
+    return ids
+
+
+def _certs_command(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
+    """``iotix certs``: one line per thing written on ``out``; a problem on ``err``, exit 1."""
+    from iotix.security.certs import (
+        DEFAULT_CA_COPY,
+        create_device_certificates,
+        create_server_certificate,
+        default_device_targets,
+        load_or_create_ca,
+    )
+
+    try:
+        if args.ids is not None:
+            ids = [i.strip() for i in args.ids.split(",") if i.strip()]
+            if len(set(ids)) != len(ids):
+                raise ConfigurationError("--ids lists the same id twice")
+        else:
+            ids = device_ids(args.id_pattern, args.count)
+        existed = (args.ca_dir / "ca.pem").exists()
+        started = time.perf_counter()
+        ca = load_or_create_ca(args.ca_dir)
+        print(f"CA: {ca.cert_path} ({'existing' if existed else 'created'}, key {ca.directory / 'ca.key'})", file=out)
+        targets = default_device_targets(args.out, ids)
+        count = create_device_certificates(
+            ca, targets, days=args.days, expired=args.expired, ca_copy=args.out / DEFAULT_CA_COPY
+        )
+        elapsed = time.perf_counter() - started
+        span = f" ({targets[0].cert.name} .. {targets[-1].cert.name})" if targets else ""
+        state = "expired " if args.expired else ""
+        print(
+            f"{count} {state}device certificates{span} and keys in {args.out / 'certs'}, "
+            f"CA copy {args.out / DEFAULT_CA_COPY}; {elapsed:.2f} s",
+            file=out,
+        )
+        if args.server:
+            ips = [name for name in args.server if _is_ip(name)]
+            dns = [name for name in args.server if not _is_ip(name)]
+            pair = create_server_certificate(ca, args.out, dns_names=dns, ip_addresses=ips, days=args.days)
+            print(f"server certificate {pair.cert} (key {pair.key}) for {', '.join(args.server)}", file=out)
+    except IoTixError as error:
+        print(f"iotix certs: {error}", file=err)
+        return EXIT_FAILED
+    except OSError as error:
+        print(f"iotix certs: {error}", file=err)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

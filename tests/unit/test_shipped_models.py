@@ -45,6 +45,7 @@ EXPECTED_IDS = {
     "iotflow-smart-sensor-energy-efficient",
     "iotflow-smart-sensor-industrial",
     "iotflow-hybrid-sensor",
+    "secure-env-sensor",
 }
 
 
@@ -115,7 +116,7 @@ def test_shipped_model_loads(path: Path) -> None:
     assert model.description
     if model.protocol == "mqtt":
         assert model.connection["host"] == "localhost"
-        assert model.connection["port"] == 1883
+        assert model.connection["port"] == (8883 if "tls" in model.connection else 1883)  # mqtts: 8883
         assert model.connection["topicPattern"] == "iotix/${modelId}/${deviceId}/telemetry"
     elif model.protocol == "coap":
         assert model.connection["mode"] in ("client", "server")

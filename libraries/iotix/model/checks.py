@@ -42,6 +42,7 @@ _CONNECTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "registration": BASE_VARIABLES,
     "topic": BASE_VARIABLES,
     "lastWill": BASE_VARIABLES,
+    "tls": ("deviceId", "index", "modelId", "fleet"),  # file paths: certs/${deviceId}.pem
 }
 
 # HTTP connection keys that belong to one flow only

@@ -3,15 +3,33 @@
 Mosquitto runs with the configuration from INFRA.md (nothing dropped, QoS 2 intact) plus ``sys_interval 1``.
 amqtt (pure Python, ``pip install robotframework-iotix[embedded]``) serves functional tests, not benchmarks.
 A broker keeps its port across :meth:`MqttBroker.restart`, so clients can reconnect after an outage.
+
+With ``tls=True`` the broker is Mosquitto with one TLS listener that requires a client certificate signed
+by the CA kept in ``ca_dir`` (created there unless present, see :mod:`iotix.security.certs`; default: a
+``ca`` folder in the broker's work directory) and takes the certificate's common name as the client's user
+name. Its own files live in its work directory: a copy of the CA certificate, a server certificate for
+``localhost`` and ``127.0.0.1`` (or ``server_names``), and a client certificate for test receivers (common
+name ``iotix-receiver``).
+
+Mosquitto started as root switches to the user ``mosquitto`` before it reads certificates, so these files
+must be readable by that user: the work directory is world-readable (0755), the certificates 0644 and the
+server key 0600 owned by ``mosquitto``. When there is no such user, or the work directory is not reachable
+by other users (a parent directory without ``o+x``), the configuration says ``user root`` instead and
+Mosquitto keeps running as root (it listens on 127.0.0.1 only).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
+import pwd
 import shutil
+import stat
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +39,10 @@ from iotix.services.process import LOCALHOST, ManagedProcess
 
 __all__ = [
     "BROKER_KINDS",
+    "DEFAULT_SERVER_NAMES",
     "INSTALL_HINT",
+    "RECEIVER_COMMON_NAME",
+    "MosquittoTls",
     "MqttBroker",
     "amqtt_command",
     "available_broker_kinds",
@@ -42,6 +63,21 @@ _FAILURE_PATTERNS = {
     "amqtt": r"Broker startup failed|Broker failed to start|Broker instance can't be started",
 }
 _CONFIG_NAMES = {"mosquitto": "mosquitto.conf", "amqtt": "amqtt.yaml"}
+#: Names in the local TLS broker's server certificate (DNS names and IP addresses).
+DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+#: Common name (and so the broker-side user name) of the client certificate for test receivers.
+RECEIVER_COMMON_NAME = "iotix-receiver"
+_MOSQUITTO_USER = "mosquitto"
+
+
+@dataclass(frozen=True)
+class MosquittoTls:
+    """The files of a Mosquitto TLS listener, and whether Mosquitto must stay root to read them."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    run_as_root: bool = False
 
 
 def find_mosquitto() -> str | None:
@@ -72,11 +108,27 @@ def available_broker_kinds() -> list[str]:
     return kinds
 
 
-def mosquitto_config(port: int, host: str = LOCALHOST) -> str:
-    """Mosquitto configuration: the INFRA.md settings plus ``sys_interval 1``."""
+def mosquitto_config(port: int, host: str = LOCALHOST, tls: MosquittoTls | None = None) -> str:
+    """Mosquitto configuration: the INFRA.md settings plus ``sys_interval 1``.
+
+    With ``tls`` the listener speaks TLS 1.2 or newer only, requires a client certificate signed by
+    ``tls.cafile`` and uses its common name as the user name (``use_identity_as_username``).
+    """
+    listener = [f"listener {port} {host}"]
+    if tls is not None:
+        listener += [
+            f"cafile {tls.cafile}",
+            f"certfile {tls.certfile}",
+            f"keyfile {tls.keyfile}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "tls_version tlsv1.2",
+        ]
+        if tls.run_as_root:
+            listener.append("user root")
     return "\n".join(
         (
-            f"listener {port} {host}",
+            *listener,
             "allow_anonymous true",
             "persistence false",
             "log_dest stderr",
@@ -107,6 +159,9 @@ class MqttBroker(LocalServer):
     ``port=0`` picks a free port at the first start; later starts reuse it. Configuration and log live in a
     new directory under ``workdir`` (default: the temp directory), readable by the ``mosquitto`` user that
     Mosquitto switches to when started as root.
+
+    ``tls=True`` makes it a Mosquitto TLS listener for mutual TLS with the CA of ``ca_dir`` (see the module
+    documentation); ``server_names`` are the DNS names and IP addresses of its server certificate.
     """
 
     NAME = "MQTT broker"
@@ -121,14 +176,29 @@ class MqttBroker(LocalServer):
         *,
         host: str = LOCALHOST,
         startup_timeout: float = 15.0,
+        tls: bool = False,
+        ca_dir: str | os.PathLike[str] | None = None,
+        server_names: Sequence[str] = DEFAULT_SERVER_NAMES,
     ) -> None:
         kind = kind.lower()
         if kind not in BROKER_KINDS:
             choices = ", ".join(BROKER_KINDS)
             raise ConfigurationError(f"Unknown MQTT broker kind {kind!r}: use one of {choices}.")
+        if ca_dir is not None and not tls:
+            raise ConfigurationError("ca_dir is the CA of a TLS broker: give tls=True too.")
+        if tls and kind != "mosquitto":
+            raise ConfigurationError(f"A TLS broker needs Mosquitto; the {kind} broker does not do TLS here.")
+        if tls and not server_names:
+            raise ConfigurationError("A TLS broker needs at least one server name for its certificate.")
         super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
         self._kind = kind
         self.DIR_PREFIX = f"iotix-{kind}-"
+        self._tls_on = tls
+        self._ca_dir = Path(ca_dir).absolute() if ca_dir is not None else None
+        self._own_ca = ca_dir is None  # the CA lives in the work directory and goes with it
+        self._server_names = tuple(server_names)
+        self._tls: MosquittoTls | None = None
+        self._receiver: tuple[Path, Path] | None = None  # a test client's certificate and key
 
     @property
     def kind(self) -> str:
@@ -136,9 +206,37 @@ class MqttBroker(LocalServer):
         return self._kind
 
     @property
+    def tls(self) -> bool:
+        """Whether this is a TLS broker."""
+        return self._tls_on
+
+    @property
+    def ca_dir(self) -> Path | None:
+        """The directory of the CA of a TLS broker (``ca.pem``, ``ca.key``), or None."""
+        if not self._tls_on:
+            return None
+        if self._ca_dir is None:
+            self._ca_dir = self._directory() / "ca"
+        return self._ca_dir
+
+    @property
     def url(self) -> str:
-        """``mqtt://host:port``."""
-        return f"mqtt://{self._host}:{self._port}"
+        """``mqtt://host:port``, or ``mqtts://host:port`` for a TLS broker."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self._host}:{self._port}"
+
+    @property
+    def ca_cert(self) -> Path | None:
+        """The CA certificate that signs the server and the clients (``<ca_dir>/ca.pem``), or None."""
+        ca_dir = self.ca_dir
+        return ca_dir / "ca.pem" if ca_dir is not None else None
+
+    @property
+    def receiver_cert(self) -> tuple[Path, Path] | None:
+        """``(certificate, key)`` for a test client of a TLS broker (user name ``iotix-receiver``), or None.
+
+        Created at the first start; removed with the work directory.
+        """
+        return self._receiver
 
     @property
     def config_path(self) -> Path:
@@ -146,8 +244,43 @@ class MqttBroker(LocalServer):
         return self._directory() / _CONFIG_NAMES[self._kind]
 
     def info(self) -> dict[str, Any]:
-        """``{'host', 'port', 'kind', 'url'}`` of this broker."""
-        return {"host": self._host, "port": self._port, "kind": self._kind, "url": self.url}
+        """``{'host', 'port', 'kind', 'url'}`` of this broker; a TLS broker adds ``tls`` (true), ``ca`` (the CA
+        certificate), ``caDir``, and ``clientCert`` / ``clientKey`` (for a test receiver)."""
+        info: dict[str, Any] = {"host": self._host, "port": self._port, "kind": self._kind, "url": self.url}
+        if self._tls_on:
+            info["tls"] = True
+            info["ca"] = str(self.ca_cert)
+            info["caDir"] = str(self.ca_dir)
+            if self._receiver is not None:
+                info["clientCert"], info["clientKey"] = (str(p) for p in self._receiver)
+        return info
+
+    def _prepare_tls(self) -> MosquittoTls:
+        """The CA (created in ``ca_dir`` unless there), and in the work directory a copy of its
+        certificate, the server certificate and key, and the receiver's certificate; once per broker."""
+        if self._tls is not None:
+            return self._tls
+        from iotix.security.certs import create_server_certificate, load_or_create_ca
+
+        assert self.ca_dir is not None
+        directory = self._directory()
+        ca = load_or_create_ca(self.ca_dir)
+        cafile = directory / "ca.pem"
+        cafile.write_bytes(ca.cert_pem)
+        cafile.chmod(0o644)
+        dns, ips = [], []
+        for name in self._server_names:
+            try:
+                ipaddress.ip_address(name)
+                ips.append(name)
+            except ValueError:
+                dns.append(name)
+        server = create_server_certificate(ca, directory, dns_names=dns, ip_addresses=ips)
+        receiver = ca.issue(RECEIVER_COMMON_NAME, directory / "receiver.pem", directory / "receiver.key")
+        self._receiver = (receiver.cert, receiver.key)
+        run_as_root = _key_for_mosquitto_user(server.key)
+        self._tls = MosquittoTls(cafile, server.cert, server.key, run_as_root)
+        return self._tls
 
     def _command(self) -> list[str]:
         if self._kind == "mosquitto":
@@ -163,8 +296,12 @@ class MqttBroker(LocalServer):
     def _make_process(self, port: int) -> ManagedProcess:
         command = self._command()
         config = self.config_path
-        text = mosquitto_config if self._kind == "mosquitto" else amqtt_config
-        config.write_text(text(port, self._host), encoding="utf-8")
+        if self._kind == "mosquitto":
+            tls = self._prepare_tls() if self._tls_on else None
+            text = mosquitto_config(port, self._host, tls)
+        else:
+            text = amqtt_config(port, self._host)
+        config.write_text(text, encoding="utf-8")
         config.chmod(0o644)
         return ManagedProcess(
             [*command, "-c", str(config)],
@@ -179,18 +316,67 @@ class MqttBroker(LocalServer):
             startup_timeout=self._startup_timeout,
         )
 
+    def stop(self, timeout: float = 5.0, *, keep_files: bool = False) -> None:
+        """Stop the broker; see :meth:`LocalServer.stop`. TLS files in a removed work directory are made
+        again at the next start."""
+        super().stop(timeout, keep_files=keep_files)
+        if self._dir is None:
+            self._tls = None
+            self._receiver = None
+            if self._own_ca:
+                self._ca_dir = None
+
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
         return f"<MqttBroker {self._kind} {self.url} {state}>"
 
 
-def start_local_broker(kind: str = "auto", port: int = 0, workdir: str | os.PathLike[str] | None = None) -> MqttBroker:
+def _key_for_mosquitto_user(key: Path) -> bool:
+    """Give the server key to the user Mosquitto switches to when started as root; True when Mosquitto has to
+    stay root instead (no such user, or the key's directory is not reachable by other users)."""
+    if os.geteuid() != 0:
+        return False  # Mosquitto runs as we do and reads our files
+    try:
+        user = pwd.getpwnam(_MOSQUITTO_USER)
+    except KeyError:
+        return True
+    for parent in key.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            return True
+    os.chown(key, user.pw_uid, user.pw_gid)  # still 0600: readable by mosquitto (and root) only
+    return False
+
+
+def start_local_broker(
+    kind: str = "auto",
+    port: int = 0,
+    workdir: str | os.PathLike[str] | None = None,
+    *,
+    tls: bool = False,
+    ca_dir: str | os.PathLike[str] | None = None,
+    server_names: Sequence[str] = DEFAULT_SERVER_NAMES,
+) -> MqttBroker:
     """Start a local MQTT broker and return it (running).
 
     ``kind='auto'`` tries Mosquitto when it is installed, then the embedded amqtt broker. ``port=0`` picks a
     free port. Raises :class:`~iotix.errors.IoTixError` with installation advice if no broker starts.
+    ``tls=True`` starts a Mosquitto TLS broker for mutual TLS with the CA of ``ca_dir`` (see
+    :class:`MqttBroker`); it needs Mosquitto.
     """
     kind = kind.lower()
+    if tls:
+        if kind not in ("auto", "mosquitto"):
+            raise ConfigurationError(f"A TLS broker needs Mosquitto; kind {kind!r} does not do TLS here.")
+        if find_mosquitto() is None:
+            raise IoTixError(
+                "A local TLS broker needs Mosquitto, which is not installed: `apt-get install mosquitto` "
+                "(the embedded amqtt broker does not do TLS here)."
+            )
+        broker = MqttBroker("mosquitto", port, workdir, tls=True, ca_dir=ca_dir, server_names=server_names)
+        return broker.start()
+    if ca_dir is not None:
+        raise ConfigurationError("ca_dir is the CA of a TLS broker: give tls=True too.")
     if kind == "auto":
         kinds = available_broker_kinds()
         if not kinds:

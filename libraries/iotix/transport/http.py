@@ -55,7 +55,6 @@ import functools
 import json
 import logging
 import math
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -70,6 +69,7 @@ from iotix.errors import ConfigurationError
 from iotix.fleet.device import DeviceState
 from iotix.observe.histogram import Histogram
 from iotix.transport.base import Transport, TransportError
+from iotix.transport.tls import fleet_tls_context
 
 if TYPE_CHECKING:
     from iotix.fleet.device import Device
@@ -227,22 +227,6 @@ def default_content_type(connection: Mapping[str, Any], payload_format: str) -> 
     return _CONTENT_TYPES.get(payload_format, "application/octet-stream")
 
 
-def _tls_context(tls: Mapping[str, Any] | None) -> ssl.SSLContext | None:
-    """An SSL context for ``connection.tls`` (None: aiohttp's default verification for https URLs)."""
-    if not tls:
-        return None
-    context = ssl.create_default_context(cafile=tls.get("caFile"))
-    if tls.get("certFile"):
-        context.load_cert_chain(tls["certFile"], tls.get("keyFile"))
-    if tls.get("minVersion") == "1.3":
-        context.minimum_version = ssl.TLSVersion.TLSv1_3
-    else:
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.get("verifyHostname") is False:
-        context.check_hostname = False
-    return context
-
-
 # --- per-device state ---------------------------------------------------------------------------------------
 
 
@@ -326,7 +310,7 @@ class HttpTransport(Transport):
         self.heartbeats_sent = 0
         self.heartbeats_failed = 0
         self._token: str | None = fleet.credentials.password or conn.get("token")
-        self._tls = _tls_context(conn.get("tls"))
+        self._tls = fleet_tls_context(fleet)  # connection.tls, paths resolved like MQTT fleets (tls_dir)
         fixed = {"modelId": fleet.model.id, "fleet": fleet.name, "token": self._token or ""}
         self._base = self.url.rstrip("/")
         self._url = _DeviceTemplate(self.url, fixed)

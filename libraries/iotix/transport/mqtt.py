@@ -13,6 +13,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from iotix.behavior import compile_template
 from iotix.transport.base import Transport, TransportError
 from iotix.transport.paho_driver import LoopClient
+from iotix.transport.tls import FleetTls
 
 if TYPE_CHECKING:
     from iotix.fleet.device import Device
@@ -94,13 +95,14 @@ class MqttTransport(Transport):
         super().__init__(fleet)
         conn = fleet.connection
         self.host: str = str(conn.get("host") or conn.get("broker") or "localhost")
-        self.port: int = int(conn.get("port") or 1883)
+        self.port: int = int(conn.get("port") or (8883 if conn.get("tls") is not None else 1883))
         self.qos: int = int(conn.get("qos", 0))
         self.keepalive: int = int(conn.get("keepAlive", 60))
         self.clean_session: bool = bool(conn.get("cleanSession", True))
         self.mqtt_version: str = str(conn.get("mqttVersion", "3.1.1"))
         self.connect_timeout: float = float(conn.get("connectTimeoutMs", 10000)) / 1000.0
         self.max_inflight: int = int(conn.get("maxInflight", 100))
+        self.tls: FleetTls | None = FleetTls.of(fleet)  # connection.tls: one SSL context per distinct file set
         self._client_id = compile_template(str(conn.get("clientIdPattern", "${deviceId}")))
         self._topic = compile_template(str(conn.get("topicPattern", "iotix/${deviceId}/telemetry")))
         self._will = conn.get("lastWill")
@@ -116,7 +118,7 @@ class MqttTransport(Transport):
 
     @property
     def target(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{self.host}:{self.port}"
 
     # -- per-device names ---------------------------------------------------------------------------
 
@@ -188,6 +190,7 @@ class MqttTransport(Transport):
             client = device.conn = self._new_client(device)
         device.conn_intentional_close = False
         try:
+            tls = self.tls.for_device(device) if self.tls is not None else None
             await client.open(
                 self.host,
                 self.port,
@@ -195,6 +198,7 @@ class MqttTransport(Transport):
                 timeout=self.connect_timeout,
                 addr=addr,
                 family=self._family,
+                tls=tls,
             )
         except TransportError as err:
             raise TransportError(f"device '{device.id}': {err}") from None

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -21,6 +21,9 @@ from iotix.encode import decode_envelope
 from iotix.observe.tracker import TelemetryTracker
 from iotix.transport.base import TransportError
 from iotix.transport.paho_driver import LoopClient
+
+if TYPE_CHECKING:
+    from iotix.transport.tls import ClientTls
 
 log = logging.getLogger("iotix.probe")
 
@@ -119,6 +122,7 @@ class MqttProbe:
         self.closing = False
         self.host = ""
         self.port = 0
+        self.tls: ClientTls | None = None
         self.connected_at = 0.0
         self.subscribed_at: float | None = None  # loop time of the first acknowledged subscription
         self.errors: list[str] = []
@@ -129,7 +133,7 @@ class MqttProbe:
 
     @property
     def target(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{self.host}:{self.port}"
 
     async def connect(
         self,
@@ -140,11 +144,13 @@ class MqttProbe:
         password: str | None = None,
         keepalive: int = 30,
         timeout: float = 10.0,
+        tls: ClientTls | None = None,
     ) -> None:
-        self.host, self.port = host, port
+        """Connect (over TLS with ``tls``, also on every reconnect); raises :class:`TransportError`."""
+        self.host, self.port, self.tls = host, port, tls
         if username is not None:
             self.client.username_pw_set(username, password)
-        await self.client.open(host, port, keepalive=keepalive, timeout=timeout)
+        await self.client.open(host, port, keepalive=keepalive, timeout=timeout, tls=tls)
         self.connected_at = time.time()
         self._keepalive_task = asyncio.get_running_loop().create_task(self._keep_alive(keepalive))
         log.info("probe '%s' connected to %s as '%s'", self.alias, self.target, self.client_id)
@@ -171,7 +177,7 @@ class MqttProbe:
             while not self.closing:
                 await asyncio.sleep(RECONNECT_INTERVAL_S)
                 try:
-                    await self.client.open(self.host, self.port, timeout=5.0)
+                    await self.client.open(self.host, self.port, timeout=5.0, tls=self.tls)
                 except TransportError:
                     continue
                 if self.subscriptions:

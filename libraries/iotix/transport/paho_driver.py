@@ -8,7 +8,12 @@ per process. Here every client's socket is registered with the asyncio loop inst
 - readable sockets call paho's packet reader until the socket is drained;
 - a publish writes immediately (paho does that when no write-registration callback is set); only when the
   kernel buffer is full is a writer registered until paho's queue is empty;
-- keep-alive is driven by :meth:`LoopClient.misc`, called periodically by the owner.
+- keep-alive is driven by :meth:`LoopClient.misc`, called periodically by the owner;
+- TLS (``open(..., tls=...)``): the handshake runs here, non-blocking on the loop
+  (:func:`iotix.transport.tls.tls_handshake`), and paho gets the finished ``ssl.SSLSocket`` (paho's own
+  TLS path would block the loop in ``do_handshake``). A failure is explained in words: expired certificate,
+  unknown CA, host name mismatch, client certificate refused by the broker (with TLS 1.3 that refusal
+  arrives after the handshake, while CONNACK is awaited).
 
 This uses two private paho methods (``_packet_read`` and ``_loop_rc_handle``) to drain a socket in one
 wake-up; paho is pinned below 3.0 and the integration tests exercise them.
@@ -21,12 +26,16 @@ import os
 import socket
 import ssl
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from iotix.transport.base import TransportError
+from iotix.transport.tls import tls_handshake
+
+if TYPE_CHECKING:
+    from iotix.transport.tls import ClientTls
 
 MQTT_ERR_AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
 _CONNECTED = mqtt._ConnectionState.MQTT_CS_CONNECTED
@@ -56,6 +65,12 @@ def _readable(client: LoopClient) -> None:
         if rc > 0:
             client._loop_rc_handle(rc)
             return
+    else:
+        # Burst used up. A plain socket stays readable; a TLS socket may hold decrypted bytes that no
+        # readiness event announces: come back for them.
+        sock = client._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            client._aio_loop.call_soon(_readable, client)
     if client._out_packet:
         client.kick()
 
@@ -141,6 +156,8 @@ class LoopClient(mqtt.Client):
         self._corker = corker_for(loop)
         self._clean_start = clean_session
         self._connack: asyncio.Future[Any] | None = None
+        self._tls: ClientTls | None = None  # TLS settings of the current connection attempt
+        self._tls_failure: BaseException | None = None  # why a TLS connection ended before CONNACK
         self.on_socket_open = _on_socket_open
         self.on_socket_close = _on_socket_close
         self.suppress_exceptions = True
@@ -150,8 +167,50 @@ class LoopClient(mqtt.Client):
         sock, self._pending_sock = self._pending_sock, None
         if sock is None:
             raise OSError("IoTix: no connected socket was prepared for this client")
-        sock.setblocking(True)  # paho sets it non-blocking again after an (optional) TLS handshake
+        if not isinstance(sock, ssl.SSLSocket):
+            sock.setblocking(True)  # paho sets it non-blocking again right after
         return sock
+
+    def _tls_sock_recv(self, bufsize: int) -> bytes:
+        """paho's ``_sock_recv`` for TLS connections: remembers why the connection ended before CONNACK."""
+        try:
+            data = mqtt.Client._sock_recv(self, bufsize)
+        except BlockingIOError:
+            raise
+        except OSError as err:
+            if self._connack is not None:
+                self._tls_failure = err
+            raise
+        if not data and self._connack is not None:
+            self._tls_failure = EOFError("connection closed")
+        return data
+
+    def _tls_sock_send(self, buf: bytes | bytearray) -> int:
+        """paho's ``_sock_send`` for TLS connections: a send that fails before CONNACK looks for the broker's
+        TLS alert (its reason) that may already be waiting to be read."""
+        try:
+            return mqtt.Client._sock_send(self, buf)
+        except BlockingIOError:
+            raise
+        except OSError as err:
+            if self._connack is not None:
+                self._tls_failure = self._waiting_alert() or err
+            raise
+
+    def _waiting_alert(self) -> ssl.SSLError | None:
+        """A TLS alert the broker sent that has not been read yet, or None."""
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return None
+        try:
+            sock.recv(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except ssl.SSLError as err:
+            return err if err.reason else None
+        except OSError:
+            return None
+        return None
 
     @property
     def is_open(self) -> bool:
@@ -167,8 +226,9 @@ class LoopClient(mqtt.Client):
         addr: tuple[Any, ...] | None = None,
         family: int = socket.AF_INET,
         properties: Any = None,
+        tls: ClientTls | None = None,
     ) -> None:
-        """Connect TCP (and TLS when configured), send CONNECT and wait for CONNACK.
+        """Connect TCP (and TLS with ``tls``), send CONNECT and wait for CONNACK; each within ``timeout``.
 
         Raises :class:`TransportError` naming the broker and the reason.
         """
@@ -195,18 +255,30 @@ class LoopClient(mqtt.Client):
             reason = os.strerror(err.errno) if err.errno else str(err)
             raise TransportError(f"cannot reach broker {target}: {reason}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._tls, self._tls_failure = tls, None
+        if tls is not None:
+            sock = await self._handshake(tls, sock, host, target, timeout)
+            self._sock_recv = self._tls_sock_recv  # type: ignore[method-assign]
+            self._sock_send = self._tls_sock_send  # type: ignore[method-assign]
+        elif "_sock_recv" in self.__dict__:
+            del self._sock_recv, self._sock_send
         self._pending_sock = sock
         self._connack = loop.create_future()
         try:
             rc = self.reconnect()
-        except ssl.SSLError as err:
-            self._abort_pending(sock)
-            raise TransportError(f"TLS handshake with {target} failed: {err.reason or err}") from None
         except (OSError, ValueError) as err:
             self._abort_pending(sock)
+            self._drop_connack()
+            if tls is not None:
+                raise TransportError(self._tls_message(target, err)) from None
             raise TransportError(f"cannot connect to broker {target}: {err}") from None
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.abort()
+            failure = self._drop_connack()  # the connection may have failed while CONNECT was written
+            if failure is not None:
+                raise failure
+            if tls is not None:
+                raise TransportError(self._tls_message(target, self._tls_failure))
             raise TransportError(f"cannot send CONNECT to {target}: {mqtt.error_string(rc)}")
         self.kick()
         try:
@@ -224,6 +296,36 @@ class LoopClient(mqtt.Client):
             self.abort()
             raise TransportError(f"broker {target} refused the connection: {reason}")
 
+    async def _handshake(
+        self, tls: ClientTls, sock: socket.socket, host: str, target: str, timeout: float
+    ) -> ssl.SSLSocket:
+        """The TLS handshake on the loop; a failure becomes a :class:`TransportError` in words."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await tls_handshake(tls.context, sock, host)
+        except TimeoutError:
+            sock.close()
+            raise TransportError(f"TLS handshake with broker {target} did not finish within {timeout:g} s") from None
+        except (OSError, ValueError) as err:  # ssl.SSLError, reset; ssl.CertificateError is a ValueError
+            sock.close()
+            raise TransportError(f"TLS handshake with broker {target} failed: {tls.explain(err, host)}") from None
+
+    def _tls_message(self, target: str, err: BaseException | None) -> str:
+        """Why a TLS connection ended after its handshake and before CONNACK."""
+        assert self._tls is not None
+        host = target.rpartition(":")[0]
+        return f"TLS connection to broker {target} failed: {self._tls.explain(err, host, after_handshake=True)}"
+
+    def _drop_connack(self) -> BaseException | None:
+        """Forget the CONNACK future of a failed attempt; returns the failure it already holds, if any."""
+        fut, self._connack = self._connack, None
+        if fut is None:
+            return None
+        if fut.done():
+            return fut.exception() if not fut.cancelled() else None
+        fut.cancel()
+        return None
+
     def _abort_pending(self, sock: socket.socket) -> None:
         self._pending_sock = None
         sock.close()
@@ -239,7 +341,11 @@ class LoopClient(mqtt.Client):
         """To be called from ``on_disconnect`` while CONNECT is pending."""
         fut = self._connack
         if fut is not None and not fut.done():
-            fut.set_exception(TransportError(f"connection closed before CONNACK: {reason}"))
+            if self._tls is not None:
+                target = f"{self._host}:{self._port}"
+                fut.set_exception(TransportError(self._tls_message(target, self._tls_failure)))
+            else:
+                fut.set_exception(TransportError(f"connection closed before CONNACK: {reason}"))
 
     def topic_field(self, topic: str) -> bytes:
         """The encoded topic part of a QoS 0 PUBLISH (with the empty property block of MQTT 5)."""
