@@ -44,6 +44,7 @@ libdoc: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tools/bench/mqtt_fleet.py
 	$(BIN)/python tools/bench/coap_http.py --protocol both
+	$(BIN)/python tools/bench/kafka_tls.py
 
 clean:
 	rm -rf $(VENV) results/* build *.egg-info
