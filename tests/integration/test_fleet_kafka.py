@@ -7,6 +7,7 @@ from the topic: the device id as the key, one device's messages on one partition
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -199,12 +200,17 @@ def test_fleets_with_the_same_settings_share_producers(h: KafkaHarness) -> None:
 
 
 def test_an_unreachable_broker_fails_the_connect_with_the_address_not_a_hang(h: KafkaHarness) -> None:
+    threads_before = {t.ident for t in threading.enumerate()}
     port = pick_free_port()
     fleet = h.fleet("gone", kafka_model("it.gone", maxBlockMs=1000), 2, connection={"host": "127.0.0.1", "port": port})
     h.start(fleet)
     h.wait(lambda: fleet.devices[0].connect_failures > 0, timeout=10, what="a failed connect")
     assert f"cannot reach the Kafka broker at 127.0.0.1:{port}" in fleet.devices[0].last_error
     assert fleet.devices[0].state is DeviceState.CONNECTING
+    h.wait(lambda: fleet.devices[0].connect_failures > 1, timeout=15, what="a second failed connect")
     t0 = time.monotonic()
     h.stop(fleet)
     assert time.monotonic() - t0 < 5
+    # Every failed attempt made a kafka-python client: none of their I/O threads may be left behind.
+    leaked = [t.name for t in threading.enumerate() if t.ident not in threads_before and "kafka" in t.name.lower()]
+    assert leaked == []

@@ -18,7 +18,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,6 +32,7 @@ from iotix.encode import decode_envelope
 from iotix.errors import ConfigurationError, IoTixError
 from iotix.observe.tracker import TelemetryTracker
 from iotix.services.kafka_broker import KafkaBroker, parse_bootstrap, probe_kafka, start_local_kafka_broker
+from iotix.transport.kafka import build_kafka_client
 from iotix.transport.mqtt_probe import MAX_KEPT
 
 log = logging.getLogger("iotix.kafka")
@@ -60,29 +60,6 @@ def check_topic_name(topic: str) -> str:
             f"'{topic}' is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'."
         )
     return topic
-
-
-def _build(factory: Callable[..., Any], **config: Any) -> Any:
-    """``factory(**config)`` (a kafka-python client class); when that fails, close the network client it made.
-
-    kafka-python 3.0 bootstraps in the constructor and, when that fails, leaves its IO thread running; the
-    client is made through the documented ``kafka_client`` option so it can be closed here.
-    """
-    make_default = factory.DEFAULT_CONFIG["kafka_client"]  # type: ignore[attr-defined]
-    made: list[Any] = []
-
-    def make_client(**kwargs: Any) -> Any:
-        client = make_default(**kwargs)
-        made.append(client)
-        return client
-
-    try:
-        return factory(kafka_client=make_client, **config)
-    except BaseException:
-        for client in made:
-            with contextlib.suppress(Exception):
-                client.close()
-        raise
 
 
 def _text_or_hex(data: bytes | None) -> str | None:
@@ -281,13 +258,13 @@ class KafkaConnection:
         common = {"bootstrap_servers": bootstrap, "bootstrap_timeout_ms": ms}
         number = next(_client_numbers)
         try:
-            admin = _build(
+            admin = build_kafka_client(
                 KafkaAdminClient, client_id=f"iotix-{alias}-admin-{number}", request_timeout_ms=10_000, **common
             )
         except (KafkaError, OSError) as err:
             raise KafkaClientError(f"no Kafka broker answers at {bootstrap}: {err}") from None
         try:
-            producer = _build(
+            producer = build_kafka_client(
                 KafkaProducer,
                 client_id=f"iotix-{alias}-producer-{number}",
                 acks="all",
@@ -359,7 +336,7 @@ class KafkaConnection:
             raise KafkaClientError(f"Alias '{self.alias}' is already subscribed to Kafka topic '{topic}'.")
         group_id = f"iotix-{self.alias}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            consumer = _build(
+            consumer = build_kafka_client(
                 KafkaConsumer,
                 bootstrap_servers=self.bootstrap,
                 client_id=f"iotix-{self.alias}-consumer-{next(_client_numbers)}",

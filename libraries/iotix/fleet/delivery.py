@@ -228,11 +228,14 @@ class TransmissionLog:
 class Delivery:
     """Outcomes of sends: counters, retries, breaker, error state, logs. Everything runs on the loop."""
 
-    def __init__(self, fleet: Fleet, settings: DeliverySettings, endpoint: str, rng: random.Random) -> None:
+    def __init__(
+        self, fleet: Fleet, settings: DeliverySettings, endpoint: str, rng: random.Random, *, request_based: bool
+    ) -> None:
         self.fleet = fleet
         self.settings = settings
         self.breaker = CircuitBreaker(endpoint, settings.circuit_threshold, settings.circuit_cooldown_s)
-        self.guarded = settings.circuit_threshold > 0  # set False by transports without request outcomes
+        # The breaker needs outcomes per request: MQTT hands messages to a connection and has none.
+        self.guarded = request_based and settings.circuit_threshold > 0
         self.reasons: Counter[str] = Counter()
         self.retries = 0
         self.errors_entered = 0

@@ -137,15 +137,14 @@ class Fleet:
         self.sendable = [raw_field is None or raw_field in names for _, names in self.groups]
         self.qos = int(self.connection.get("qos", 0))
         self._rng = random.Random(f"fleet:{name}:{seed}")
+        self.transport = create_transport(self)
         self.delivery = Delivery(
             self,
             delivery or DeliverySettings.from_connection(self.connection),
-            "",
+            self.transport.endpoint,
             random.Random(f"retry:{name}:{seed}"),
+            request_based=self.transport.request_based,
         )
-        self.transport = create_transport(self)
-        self.delivery.breaker.endpoint = self.transport.endpoint
-        self.delivery.guarded = self.delivery.guarded and self.transport.request_based
         self._log_sends = not self.transport.request_based and self.delivery.settings.log_size > 0
         self.encoder = self.transport.make_encoder() or make_encoder(model)
         names = list(model.field_names)
@@ -339,7 +338,7 @@ class Fleet:
             if self._log_sends:
                 delivery.record(device, len(payload), SENT)
             return True
-        if device.state is not _RUNNING or self.qos == 0:
+        if self.qos == 0:  # QoS 1/2 readings go to the offline queue instead (see fire)
             device.failed += 1
         return False
 

@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from iotix.behavior import compile_template
@@ -56,6 +56,29 @@ HEALTH_WINDOW_S = 15.0
 
 # (device, payload, topic, key, handed over at (loop time), attempt, first attempt at, producer generation)
 _Item = tuple["Device", bytes, str, bytes, float, int, float]
+
+
+def build_kafka_client(factory: Callable[..., Any], **config: Any) -> Any:
+    """``factory(**config)`` (a kafka-python client class); when that fails, close the network client it made.
+
+    kafka-python 3.0 bootstraps in the constructor and, when that fails, leaves its IO thread running; the
+    client is made through the documented ``kafka_client`` option so it can be closed here.
+    """
+    make_default = factory.DEFAULT_CONFIG["kafka_client"]  # type: ignore[attr-defined]
+    made: list[Any] = []
+
+    def make_client(**kwargs: Any) -> Any:
+        client = make_default(**kwargs)
+        made.append(client)
+        return client
+
+    try:
+        return factory(kafka_client=make_client, **config)
+    except BaseException:
+        for client in made:
+            with contextlib.suppress(Exception):
+                client.close()
+        raise
 
 
 def _acks(value: Any) -> int | str:
@@ -85,7 +108,8 @@ class PooledProducer:
         from kafka import KafkaProducer
 
         s = self.pool.settings
-        self.producer = KafkaProducer(
+        self.producer = build_kafka_client(
+            KafkaProducer,
             bootstrap_servers=s["bootstrap"].split(","),
             client_id=f"iotix-{self.index}",
             acks=s["acks"],
