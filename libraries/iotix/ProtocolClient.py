@@ -309,12 +309,14 @@ class ProtocolClient(CoapKeywords, IoTFlowKeywords, KafkaKeywords):
         received, lost, duplicates, out-of-order, latency, worst devices).
 
         ``source`` names the receiver: the alias of a subscribed MQTT connection, ``coap`` (the local
-        CoAP server), ``observe:<alias>`` (a CoAP observation) or ``iotflow`` (the local IoTFlow
-        backend's store). By default: the local CoAP server (or the only observation) for a CoAP fleet,
-        the IoTFlow backend for an IoTFlow fleet that sends over HTTP, else the MQTT connection
-        ``default`` (or the only one). An unknown name fails and lists the receivers there are.
+        CoAP server), ``observe:<alias>`` (a CoAP observation), ``iotflow`` (the local IoTFlow
+        backend's store) or ``kafka:<alias>`` (the Kafka subscriptions of a Kafka connection). By default:
+        the local CoAP server (or the only observation) for a CoAP fleet, the IoTFlow backend for an IoTFlow
+        fleet that sends over HTTP, the Kafka connection subscribed to a Kafka fleet's topic, else the MQTT
+        connection ``default`` (or the only one). An unknown name fails and lists the receivers there are.
 
         | Telemetry Should Be Received From Fleet    env    min_messages=5    max_loss=0.1%
+        | Telemetry Should Be Received From Fleet    vans    source=kafka:default
         """
         max_pct = parse_percent(max_loss)
         f = self._ctx.simulator.fleet(fleet)
