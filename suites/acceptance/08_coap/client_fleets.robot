@@ -166,8 +166,10 @@ Start Unanswered Fleet
     IF    $port is None
         ${port} =    Free UDP Port
     END
+    # Every reading is one exchange and a failing device stays running: what these tests count (retries,
+    # the circuit breaker and the error state are covered in 09_http/resilience.robot and the pytest suite).
     ${fleet} =    Create Fleet    acceptance-coap-sensor    count=2    name=${name}    id_pattern=${name}-{index}
-    ...    host=127.0.0.1    port=${port}
+    ...    host=127.0.0.1    port=${port}    max_retries=0    circuit_threshold=0    error_threshold=0
     Start Fleet    ${fleet}
     Wait Until Fleet Is Running    ${fleet}
     RETURN    ${fleet}
