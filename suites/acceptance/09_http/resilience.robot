@@ -69,6 +69,18 @@ The Transmission Log Of A Fleet Exports To CSV
     ${devices} =    Evaluate    sorted({r['deviceId'] for r in $rows})
     Lists Should Be Equal    ${devices}    ${{ ['csv-0', 'csv-1'] }}
 
+Cells A Spreadsheet Would Run Are Neutralised In The Export
+    [Documentation]    A device id that starts like a formula (``@``, ``=``, ``+``, ``-``) is written with a
+    ...    leading ``'`` so that a spreadsheet shows it instead of running it.
+    ${port} =    Start Healthy Backend
+    ${fleet} =    Create Fleet    acceptance-http-generic    name=formula    id_pattern=@SUM-{index}
+    ...    host=127.0.0.1    port=${port}
+    Start Fleet    ${fleet}
+    Wait Until Keyword Succeeds    10s    200ms    Device Should Have Delivered More Than    @SUM-0    0
+    ${csv} =    Export Transmission Log    ${fleet}    ${WORKDIR}/formula.csv
+    ${rows} =    Evaluate    list(csv.DictReader(open($csv, encoding='utf-8')))    modules=csv
+    Should Be Equal    ${rows}[0][deviceId]    '@SUM-0
+
 
 *** Keywords ***
 Start Healthy Backend
