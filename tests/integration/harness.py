@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,17 @@ from iotix.fleet.simulator import Simulator
 from iotix.fleet.timeline import LaunchSettings
 from iotix.model.loader import load_model_dict
 from iotix.runtime import Runtime
+
+
+def process_gone(pid: int) -> bool:
+    """Whether neither the process nor anything in its process group exists any more."""
+    for probe in (os.kill, os.killpg):
+        try:
+            probe(pid, 0)
+        except ProcessLookupError:
+            continue
+        return False
+    return True
 
 
 def all_running(fleet: Fleet) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from harness import process_gone
 
 from iotix.errors import ConfigurationError, IoTixError
 from iotix.services import IoTFlowBackend, live_processes, start_iotflow_backend
@@ -26,17 +27,6 @@ TIMEOUT = 10.0
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def process_gone(pid: int) -> bool:
-    """Whether neither the process nor anything in its process group exists any more."""
-    for probe in (os.kill, os.killpg):
-        try:
-            probe(pid, 0)
-        except ProcessLookupError:
-            continue
-        return False
-    return True
 
 
 class Client:

@@ -7,7 +7,6 @@ subscriptions subscribe.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from harness import process_gone
 
 from iotix._robot.context import KeywordError
 from iotix._robot.kafka_keywords import KafkaClientError, KafkaConnection, check_topic_name
@@ -40,17 +40,6 @@ pytestmark = [
 ]
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
-
-
-def process_gone(pid: int) -> bool:
-    """Whether neither the process nor anything in its process group exists any more."""
-    for probe in (os.kill, os.killpg):
-        try:
-            probe(pid, 0)
-        except ProcessLookupError:
-            continue
-        return False
-    return True
 
 
 def kafka_threads() -> set[str]:

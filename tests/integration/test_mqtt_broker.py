@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from harness import process_gone
 
 from iotix.errors import ConfigurationError, IoTixError
 from iotix.services import (
@@ -46,17 +46,6 @@ def require(kind: str) -> None:
     """Skip the test when broker ``kind`` cannot be run here."""
     if kind not in available_broker_kinds():
         pytest.skip(f"{kind} broker not installed")
-
-
-def process_gone(pid: int) -> bool:
-    """Whether neither the process nor anything in its process group exists any more."""
-    for probe in (os.kill, os.killpg):
-        try:
-            probe(pid, 0)
-        except ProcessLookupError:
-            continue
-        return False
-    return True
 
 
 def roundtrip(broker: MqttBroker, payload: str | None = None, timeout: float = 10.0) -> str:

@@ -244,6 +244,22 @@ def test_refused_devices_are_named_with_the_reason_and_running_devices_keep_runn
     assert good.stats()["disconnects"] == 0
 
 
+def connect_error(h: Harness, client_id: str, tls: ClientTls) -> str:
+    """Why a bare MQTT client with ``tls`` could not connect to the test broker ("connected" if it could)."""
+
+    async def connect() -> str:
+        client = LoopClient(asyncio.get_running_loop(), client_id)
+        client.on_disconnect = lambda *args: client.connection_failed("lost")
+        try:
+            await client.open(h.broker.host, h.broker.port, timeout=5.0, tls=tls)
+        except TransportError as err:
+            return str(err)
+        client.abort()
+        return "connected"
+
+    return h.rt.call(connect)
+
+
 def test_the_brokers_alert_for_an_expired_client_certificate_is_reported(
     h: Harness, ca: CertificateAuthority, tls_dir: Path
 ) -> None:
@@ -252,36 +268,14 @@ def test_the_brokers_alert_for_an_expired_client_certificate_is_reported(
     certify(ca, tls_dir, ["stale"], expired=True)
     tls = client_tls(tls_dir / "certs/ca.pem", tls_dir / "certs/stale.pem", tls_dir / "certs/stale.key")
     assert tls.validity_problem() is not None
-
-    async def connect() -> str:
-        client = LoopClient(asyncio.get_running_loop(), "stale-client")
-        client.on_disconnect = lambda *args: client.connection_failed("lost")
-        try:
-            await client.open(h.broker.host, h.broker.port, timeout=5.0, tls=tls)
-        except TransportError as err:
-            return str(err)
-        client.abort()
-        return "connected"
-
-    message = h.rt.call(connect)
+    message = connect_error(h, "stale-client", tls)
     assert message.startswith(f"TLS connection to broker 127.0.0.1:{h.broker.port} failed: the broker refused")
     assert "certificate expired" in message and "SSLV3_ALERT_CERTIFICATE_EXPIRED" in message
 
 
 def test_no_client_certificate_is_refused_in_words(h: Harness) -> None:
     tls = client_tls(h.broker.ca_cert)
-
-    async def connect() -> str:
-        client = LoopClient(asyncio.get_running_loop(), "anonymous")
-        client.on_disconnect = lambda *args: client.connection_failed("lost")
-        try:
-            await client.open(h.broker.host, h.broker.port, timeout=5.0, tls=tls)
-        except TransportError as err:
-            return str(err)
-        client.abort()
-        return "connected"
-
-    message = h.rt.call(connect)
+    message = connect_error(h, "anonymous", tls)
     assert "the broker requires a client certificate and connection.tls has no certFile" in message
 
 

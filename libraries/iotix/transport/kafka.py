@@ -100,7 +100,6 @@ class PooledProducer:
         self.pending = 0  # handed over and not yet resolved (loop side)
         self.producer: Any = None
         self.thread: threading.Thread | None = None
-        self.last_ok = time.monotonic()
         self.failing_since: float | None = None
 
     def start(self) -> None:
@@ -259,13 +258,10 @@ class ProducerPool:
             producer.pending -= 1
             device, payload, topic, _key, t0, attempt, first_try = item
             fleet = device.fleet
-            transport = fleet.transport
             latency = done - t0
             if error is None:
-                producer.last_ok = time.monotonic()
                 producer.failing_since = None
-                if isinstance(transport, KafkaTransport):
-                    transport.latency.record(latency)
+                fleet.transport.latency.record(latency)  # type: ignore[attr-defined]  # a Kafka fleet's
                 fleet.delivery.succeeded(device, len(payload), latency)
                 continue
             if producer.failing_since is None:
