@@ -1,7 +1,5 @@
-"""Behavior conditions and ``${name}`` templates, without ``eval``.
+"""Behavior conditions, without ``eval``.
 
-Conditions
-----------
 ``compile_condition("heartRate > 120 || heartRate < 50")`` parses a small, safe expression language
 (see ``docs/model-format.md``, "Behaviors: the condition language") with a hand-written tokenizer and
 recursive-descent parser, and compiles it once into nested Python closures. Python's ``eval``,
@@ -29,27 +27,17 @@ Runtime semantics (``Condition.evaluate``), chosen so that a condition never rai
 * Arithmetic is numeric only (``int``, ``float``, ``bool``); on anything else it is unknown.
 * Division or modulo by zero makes the whole condition ``False``.
 * The result is the truthiness of the final value.
-
-Templates
----------
-``compile_template({"alert": "high_cpu", "cpu": "${cpuUsage}"})`` substitutes ``${name}`` in strings,
-recursively in dicts (keys and values), lists and tuples. A string that is exactly ``"${x}"`` renders
-as the raw value (so numbers stay numbers in JSON payloads, a missing value is ``None``); inside other
-text the value is formatted for humans and JSON alike (see ``format_embedded``). ``$${x}`` is the
-escape for a literal ``${x}``.
 """
 
 from __future__ import annotations
 
-import base64
-import difflib
-import json
 import keyword
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from iotix.behavior._shared import Fn, Values, shorten, unknown_name_reason
 from iotix.errors import ConfigurationError
 
 __all__ = [
@@ -57,12 +45,7 @@ __all__ = [
     "MAX_CONDITION_LENGTH",
     "Condition",
     "ConditionError",
-    "Template",
-    "TemplateError",
     "compile_condition",
-    "compile_template",
-    "format_embedded",
-    "template_names",
 ]
 
 #: Longest accepted condition, in characters.
@@ -70,18 +53,9 @@ MAX_CONDITION_LENGTH = 1000
 #: Deepest accepted nesting of parentheses and unary operators.
 MAX_CONDITION_DEPTH = 50
 
-_Values = Mapping[str, Any]
-_Fn = Callable[[_Values], Any]
-
-
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
-
-
-def _short(text: str, limit: int = 80) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis, for messages."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ConditionError(ConfigurationError):
@@ -100,45 +74,12 @@ class ConditionError(ConfigurationError):
         if position is not None:
             shown = repr(fragment) if fragment else "end of expression"
             where = f" (at column {position + 1}: {shown})"
-        super().__init__(f"Invalid condition {_short(expression)!r}: {reason}{where}")
+        super().__init__(f"Invalid condition {shorten(expression)!r}: {reason}{where}")
 
     @property
     def column(self) -> int | None:
         """1-based column of the problem, or ``None``."""
         return None if self.position is None else self.position + 1
-
-
-class TemplateError(ConfigurationError):
-    """A ``${name}`` template that cannot be compiled (unknown or malformed variable).
-
-    ``template`` is the offending string, ``name`` the variable (when there is one), ``position``
-    the 0-based offset of its ``${`` and ``path`` where the string sits in a dict/list template
-    (``""`` at the top level, e.g. ``"payload.cpu"`` or ``"items[2]"``).
-    """
-
-    def __init__(
-        self,
-        template: str,
-        reason: str,
-        name: str | None = None,
-        position: int | None = None,
-        path: str = "",
-    ):
-        self.template = template
-        self.reason = reason
-        self.name = name
-        self.position = position
-        self.path = path
-        where = f" at {path}" if path else ""
-        super().__init__(f"Invalid template {_short(template)!r}{where}: {reason}")
-
-
-def _unknown_name_reason(kind: str, name: str, allowed: frozenset[str]) -> str:
-    """``unknown variable 'x' (did you mean 'y'?; allowed: a, b)``."""
-    close = difflib.get_close_matches(name, sorted(allowed), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    listing = ", ".join(sorted(allowed)) if allowed else "none"
-    return f"unknown {kind} {name!r} ({hint}allowed: {listing})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,7 +201,7 @@ class _Tokenizer:
             else:
                 chars.append(ch)
                 i += 1
-        raise self.error(start, "unterminated string", _short(text[start:], 20))
+        raise self.error(start, "unterminated string", shorten(text[start:], 20))
 
     def _escape(self, i: int) -> str:
         code = self.text[i + 1 : i + 2]
@@ -398,21 +339,21 @@ def _compare(op: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
 
 
 class _Node(NamedTuple):
-    fn: _Fn
+    fn: Fn
     constant: bool = False
     value: Any = None
     name: str | None = None
 
 
 def _literal(value: Any) -> _Node:
-    def literal(_values: _Values) -> Any:
+    def literal(_values: Values) -> Any:
         return value
 
     return _Node(literal, constant=True, value=value)
 
 
 def _name(name: str) -> _Node:
-    def lookup(values: _Values) -> Any:
+    def lookup(values: Values) -> Any:
         value = values.get(name)
         return _UNKNOWN if value is None else value
 
@@ -424,7 +365,7 @@ def _comparison(op_name: str, left: _Node, right: _Node) -> _Node:
     if left.name is not None and right.constant:
         name, constant = left.name, right.value
 
-        def name_vs_constant(values: _Values) -> Any:
+        def name_vs_constant(values: Values) -> Any:
             # The hot path: ``heartRate > 120``.
             a = values.get(name)
             if a is None:
@@ -437,7 +378,7 @@ def _comparison(op_name: str, left: _Node, right: _Node) -> _Node:
         return _Node(name_vs_constant)
     lf, rf = left.fn, right.fn
 
-    def compare(values: _Values) -> Any:
+    def compare(values: Values) -> Any:
         return _compare(op, lf(values), rf(values))
 
     return _Node(compare)
@@ -447,14 +388,14 @@ def _arithmetic_chain(first: _Node, rest: list[tuple[str, _Node]]) -> _Node:
     if len(rest) == 1:
         op, lf, rf = _ARITHMETIC[rest[0][0]], first.fn, rest[0][1].fn
 
-        def binary(values: _Values) -> Any:
+        def binary(values: Values) -> Any:
             return _arith(op, lf(values), rf(values))
 
         return _Node(binary)
     head = first.fn
     steps = [(_ARITHMETIC[name], node.fn) for name, node in rest]
 
-    def chain(values: _Values) -> Any:
+    def chain(values: Values) -> Any:
         acc = head(values)
         for op, fn in steps:
             acc = _arith(op, acc, fn(values))
@@ -466,7 +407,7 @@ def _arithmetic_chain(first: _Node, rest: list[tuple[str, _Node]]) -> _Node:
 def _negate(operand: _Node) -> _Node:
     fn = operand.fn
 
-    def negative(values: _Values) -> Any:
+    def negative(values: Values) -> Any:
         value = fn(values)
         return -value if isinstance(value, _NUMBERS) else _UNKNOWN
 
@@ -476,7 +417,7 @@ def _negate(operand: _Node) -> _Node:
 def _logical_not(operand: _Node) -> _Node:
     fn = operand.fn
 
-    def logical_not(values: _Values) -> Any:
+    def logical_not(values: Values) -> Any:
         value = fn(values)
         return _UNKNOWN if value is _UNKNOWN else not value
 
@@ -488,7 +429,7 @@ def _logical_and(operands: list[_Node]) -> _Node:
         return _logical_and2(operands[0].fn, operands[1].fn)
     fns = [node.fn for node in operands]
 
-    def logical_and(values: _Values) -> Any:
+    def logical_and(values: Values) -> Any:
         unknown = False
         for fn in fns:
             value = fn(values)
@@ -506,7 +447,7 @@ def _logical_or(operands: list[_Node]) -> _Node:
         return _logical_or2(operands[0].fn, operands[1].fn)
     fns = [node.fn for node in operands]
 
-    def logical_or(values: _Values) -> Any:
+    def logical_or(values: Values) -> Any:
         unknown = False
         for fn in fns:
             value = fn(values)
@@ -519,10 +460,10 @@ def _logical_or(operands: list[_Node]) -> _Node:
     return _Node(logical_or)
 
 
-def _logical_and2(first: _Fn, second: _Fn) -> _Node:
+def _logical_and2(first: Fn, second: Fn) -> _Node:
     """``a and b``: the common case, without the loop."""
 
-    def logical_and2(values: _Values) -> Any:
+    def logical_and2(values: Values) -> Any:
         a = first(values)
         if a is not _UNKNOWN and not a:
             return False
@@ -534,10 +475,10 @@ def _logical_and2(first: _Fn, second: _Fn) -> _Node:
     return _Node(logical_and2)
 
 
-def _logical_or2(first: _Fn, second: _Fn) -> _Node:
+def _logical_or2(first: Fn, second: Fn) -> _Node:
     """``a or b``: the common case, without the loop."""
 
-    def logical_or2(values: _Values) -> Any:
+    def logical_or2(values: Values) -> Any:
         a = first(values)
         if a is not _UNKNOWN and a:
             return True
@@ -677,7 +618,7 @@ class _Parser:
     def name(self, token: _Token) -> _Node:
         name = token.value
         if self.allowed is not None and name not in self.allowed:
-            raise self.error(token, _unknown_name_reason("name", name, self.allowed))
+            raise self.error(token, unknown_name_reason("name", name, self.allowed))
         self.names.add(name)
         return _name(name)
 
@@ -706,7 +647,7 @@ class _Parser:
 
 
 # --------------------------------------------------------------------------------------------------
-# Public API: conditions
+# Public API
 # --------------------------------------------------------------------------------------------------
 
 
@@ -715,7 +656,7 @@ class Condition:
 
     __slots__ = ("_fn", "expression", "names")
 
-    def __init__(self, expression: str, fn: _Fn, names: frozenset[str]):
+    def __init__(self, expression: str, fn: Fn, names: frozenset[str]):
         self.expression = expression
         self.names = names
         self._fn = fn
@@ -756,183 +697,3 @@ def compile_condition(expression: str, allowed_names: Iterable[str] | None = Non
     parser = _Parser(expression, tokens, allowed)
     node = parser.parse()
     return Condition(expression, node.fn, frozenset(parser.names))
-
-
-# --------------------------------------------------------------------------------------------------
-# Templates
-# --------------------------------------------------------------------------------------------------
-
-_PLACEHOLDER_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def format_embedded(value: Any) -> str:
-    """How a value appears inside surrounding template text.
-
-    ``None`` (or a missing value) is ``""``; booleans are ``true``/``false`` and dicts/lists compact
-    JSON (matching the JSON payloads); bytes are base64; anything else is ``str(value)``.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
-
-
-def _split_template(text: str, allowed: frozenset[str] | None, path: str) -> list[str | tuple[str]]:
-    """``text`` as literal strings and ``(name,)`` placeholders, with ``$${`` unescaped."""
-    parts: list[str | tuple[str]] = []
-    literal: list[str] = []
-    i = 0
-    while True:
-        dollar = text.find("$", i)
-        if dollar < 0:
-            literal.append(text[i:])
-            break
-        literal.append(text[i:dollar])
-        if text.startswith("$${", dollar):
-            literal.append("${")
-            i = dollar + 3
-        elif text.startswith("${", dollar):
-            name, i = _placeholder(text, dollar, allowed, path)
-            parts.append("".join(literal))
-            parts.append((name,))
-            literal = []
-        else:
-            literal.append("$")
-            i = dollar + 1
-    parts.append("".join(literal))
-    return [part for part in parts if part != ""]
-
-
-def _placeholder(text: str, dollar: int, allowed: frozenset[str] | None, path: str) -> tuple[str, int]:
-    """The variable name of the ``${...}`` at ``dollar`` and the index after its ``}``."""
-    close = text.find("}", dollar + 2)
-    if close < 0:
-        raise TemplateError(text, "'${' without a closing '}'", position=dollar, path=path)
-    name = text[dollar + 2 : close]
-    if not name:
-        raise TemplateError(text, "empty placeholder '${}'", position=dollar, path=path)
-    if not _IDENTIFIER_RE.match(name):
-        raise TemplateError(text, f"invalid variable name {name!r} (letters, digits and '_' only)", name, dollar, path)
-    if allowed is not None and name not in allowed:
-        raise TemplateError(text, _unknown_name_reason("variable", name, allowed), name, dollar, path)
-    return name, close + 1
-
-
-def _compile_string(text: str, allowed: frozenset[str] | None, path: str, names: set[str]) -> _Fn:
-    parts = _split_template(text, allowed, path)
-    names.update(part[0] for part in parts if isinstance(part, tuple))
-    if not parts:
-        return lambda _values: ""
-    if len(parts) == 1:
-        only = parts[0]
-        if isinstance(only, str):
-            return lambda _values: only
-        name = only[0]
-        return lambda values: values.get(name)  # the whole string: the raw value
-    pieces: list[tuple[bool, str]] = [(True, part[0]) if isinstance(part, tuple) else (False, part) for part in parts]
-
-    def embedded(values: _Values) -> str:
-        return "".join([format_embedded(values.get(p)) if is_var else p for is_var, p in pieces])
-
-    return embedded
-
-
-def _compile_key(key: Any, allowed: frozenset[str] | None, path: str, names: set[str]) -> _Fn:
-    """A dict key: strings are templated but always render to strings; other keys stay as they are."""
-    if not isinstance(key, str):
-        return lambda _values: key
-    before = len(names)
-    fn = _compile_string(key, allowed, path, names)
-    if len(names) == before and "$" not in key:
-        return lambda _values: key
-    return lambda values: format_embedded(fn(values))
-
-
-def _compile_object(obj: Any, allowed: frozenset[str] | None, path: str, names: set[str]) -> _Fn:
-    if isinstance(obj, str):
-        return _compile_string(obj, allowed, path, names)
-    if isinstance(obj, dict):
-        items = [
-            (
-                _compile_key(key, allowed, f"{path}.{key}" if path else str(key), names),
-                _compile_object(value, allowed, f"{path}.{key}" if path else str(key), names),
-            )
-            for key, value in obj.items()
-        ]
-        return lambda values: {k(values): v(values) for k, v in items}
-    if isinstance(obj, (list, tuple)):
-        fns = [_compile_object(item, allowed, f"{path}[{i}]", names) for i, item in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return lambda values: tuple(fn(values) for fn in fns)
-        return lambda values: [fn(values) for fn in fns]
-    return lambda _values: obj
-
-
-class Template:
-    """A compiled template. Build it with ``compile_template``; ``render`` never raises."""
-
-    __slots__ = ("_fn", "names", "template")
-
-    def __init__(self, template: Any, fn: _Fn, names: frozenset[str]):
-        self.template = template
-        self.names = names
-        self._fn = fn
-
-    def render(self, values: Mapping[str, Any]) -> Any:
-        """The template with every ``${name}`` replaced from ``values`` (a fresh structure)."""
-        return self._fn(values)
-
-    def render_text(self, values: Mapping[str, Any]) -> str:
-        """``render`` formatted as text (for topics, client ids, URLs): a whole-string ``"${index}"``
-        gives ``"7"`` rather than ``7`` and a missing value ``""``; dicts/lists become compact JSON."""
-        return format_embedded(self._fn(values))
-
-    def __repr__(self) -> str:
-        return f"Template({self.template!r})"
-
-
-def compile_template(template: Any, allowed_names: Iterable[str] | None = None) -> Template:
-    """Compile a string, dict or list template (other values are constants).
-
-    With ``allowed_names``, a ``${name}`` not among them raises ``TemplateError`` naming the variable
-    and listing the allowed ones. Malformed placeholders (``${``, ``${}``, ``${a.b}``) always raise.
-    """
-    allowed = None if allowed_names is None else frozenset(allowed_names)
-    names: set[str] = set()
-    fn = _compile_object(template, allowed, "", names)
-    return Template(template, fn, frozenset(names))
-
-
-def _strings(obj: Any) -> Iterator[str]:
-    """Every string in ``obj``, including dict keys."""
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _strings(key)
-            yield from _strings(value)
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _strings(item)
-
-
-def template_names(obj: Any) -> set[str]:
-    """The variable names used in a string/dict/list template, without validating it.
-
-    Lenient: ``$${x}`` escapes and malformed placeholders are skipped; ``compile_template`` is the
-    validating counterpart.
-    """
-    return {
-        match.group(1)
-        for text in _strings(obj)
-        for match in _PLACEHOLDER_RE.finditer(text)
-        if match.group(1) is not None
-    }
