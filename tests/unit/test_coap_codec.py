@@ -15,23 +15,22 @@ from iotix.model.errors import ModelError
 from iotix.model.loader import load_model_dict
 from iotix.services.coap_server import _parse_code
 from iotix.transport.base import TransportError
-from iotix.transport.coap import (
+from iotix.transport.coap import CoapTransport
+from iotix.transport.coap_codec import (
     ACK,
     CON,
     NON,
     RST,
     CoapTiming,
-    CoapTransport,
     code_text,
     dotted_code,
     empty_message,
     encode_message,
     encode_options,
     parse_message,
-    release_udp_port,
     request_options,
-    reserve_udp_port,
 )
+from iotix.transport.coap_server_mode import release_udp_port, reserve_udp_port
 
 
 def decoded(datagram: bytes) -> aiocoap.Message:
@@ -166,19 +165,19 @@ def test_settings_from_the_model_and_defaults() -> None:
     assert t.timing == CoapTiming(0.5, 2)
     assert t.content_format == 60  # cbor
     assert t.target == "coap://127.0.0.1:5700"
-    assert t.topic_for(t.fleet.devices[1]) == "/telemetry/u-1"
+    assert t.topic_for(t.links[1]) == "/telemetry/u-1"
     d = transport_for()
     assert (d.port, d.method, d.confirmable, d.timing) == (5683, "POST", True, CoapTiming())
     assert d.max_in_flight == CoapTransport.MIN_IN_FLIGHT
     assert transport_for(count=10_000).max_in_flight == CoapTransport.MAX_IN_FLIGHT
     server = transport_for(mode="server", serverPort=6000)
     assert server.target == "coap-server://127.0.0.1:6000"
-    assert server.topic_for(server.fleet.devices[0]) == "/telemetry"
+    assert server.topic_for(server.links[0]) == "/telemetry"
 
 
 def test_path_template_and_model_validation() -> None:
     t = transport_for(path="dev/${index}/${deviceId}")
-    assert t.topic_for(t.fleet.devices[2]) == "/dev/2/u-2"
+    assert t.topic_for(t.links[2]) == "/dev/2/u-2"
     with pytest.raises(ModelError, match=r"connection\.mode"):
         coap_model(mode="proxy")
     with pytest.raises(ModelError, match=r"connection\.maxRetransmit"):

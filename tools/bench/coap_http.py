@@ -82,8 +82,9 @@ from iotix.model.loader import load_model_dict  # noqa: E402
 from iotix.model.types import DeviceModel  # noqa: E402
 from iotix.runtime import get_runtime  # noqa: E402
 from iotix.services.iotflow import IoTFlowBackend, start_iotflow_backend  # noqa: E402
-from iotix.transport import coap as coap_wire  # noqa: E402
+from iotix.transport import coap_codec as coap_wire  # noqa: E402
 from iotix.transport import http as _http_transport  # noqa: E402, F401  (imported before the RSS baseline)
+from iotix.transport.coap import enlarge_receive_buffer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Json, cpu_seconds, rss_bytes, telemetry  # noqa: E402
@@ -808,7 +809,7 @@ class _RawSink(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
-        coap_wire.enlarge_receive_buffer(transport.get_extra_info("socket"))
+        enlarge_receive_buffer(transport.get_extra_info("socket"))
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if len(data) < 4 or self.transport is None:

@@ -109,6 +109,16 @@ class DeliverySettings:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class CircuitStatus:
+    """A snapshot of a circuit breaker, for messages."""
+
+    endpoint: str
+    state: CircuitState
+    failures: int  # consecutive
+    last_reason: str
+
+
 class CircuitBreaker:
     """Consecutive-failure breaker for one endpoint. Runs on the loop; ``now`` is loop time."""
 
@@ -175,6 +185,9 @@ class CircuitBreaker:
             self.state = CircuitState.OPEN
             self.opened_at = now
             self.opens += 1
+
+    def status(self) -> CircuitStatus:
+        return CircuitStatus(self.endpoint, self.state, self.failures, self.last_reason)
 
     def remaining(self, now: float) -> float:
         return max(0.0, self.opened_at + self.cooldown - now) if self.state is CircuitState.OPEN else 0.0
@@ -346,6 +359,9 @@ class Delivery:
                 reason,
             )
         self.record(device, nbytes, result, latency_s, reason)
+
+    def circuit_status(self) -> CircuitStatus:
+        return self.breaker.status()
 
     def describe(self) -> dict[str, Any]:
         return {

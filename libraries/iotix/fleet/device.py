@@ -1,4 +1,8 @@
-"""One simulated device: small, slot-only state; the fleet and its transport do the work."""
+"""One simulated device: small, slot-only state; the fleet and its transport do the work.
+
+A device is the :class:`iotix.transport.base.Link` its fleet hands the transport: the transport reads
+``id``, ``index``, ``topic``, ``seq`` and ``variables()`` and owns ``conn``; everything else is the fleet's.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,6 @@ class Device:
         "bytes_sent",
         "commands",
         "conn",
-        "conn_intentional_close",
         "connect_failures",
         "connects",
         "disconnects",
@@ -68,8 +71,7 @@ class Device:
         self.index = index
         self.values = values
         self.state = DeviceState.CREATED
-        self.conn: Any = None  # the transport's per-device connection object
-        self.conn_intentional_close = False
+        self.conn: Any = None  # the one slot the transport owns (its per-device connection state)
         self.topic: str | None = None
         self.gen = 0  # bumped whenever the device's scheduled sends must be forgotten
         self.scheduled = False  # whether sends of the current generation are in the scheduler

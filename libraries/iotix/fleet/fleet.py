@@ -1,8 +1,8 @@
 """A fleet: devices of one model, their launch, their sends, their dropouts, their counters.
 
 Everything here runs on the runtime loop. The fleet is protocol-agnostic: its transport adapter opens
-connections and hands over payloads, and reports back through :meth:`Fleet.connection_lost`,
-:meth:`Fleet.command_received` and :meth:`Fleet.delivery_failed`.
+connections and hands over payloads, and reports back through the fleet's outcomes object
+(:mod:`iotix.fleet.outcomes`), never by writing into the fleet or its devices.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from iotix.behavior import compile_condition, compile_template
 from iotix.encode import make_encoder
 from iotix.errors import ConfigurationError, NotFoundError
-from iotix.fleet.delivery import SENT, Delivery, DeliverySettings
+from iotix.fleet.delivery import SENT, CircuitStatus, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
+from iotix.fleet.outcomes import FleetOutcomes
 from iotix.fleet.timeline import (
     DropoutSettings,
     LaunchSettings,
@@ -34,8 +36,9 @@ from iotix.fleet.timeline import (
 from iotix.generate import DeviceValues
 from iotix.model.types import DeviceModel
 from iotix.observe.histogram import Histogram
-from iotix.transport import TransportError, create_transport
+from iotix.transport import Credentials, TransportError, TransportSpec, create_transport
 from iotix.transport.backoff import full_jitter
+from iotix.transport.tls import FleetTls
 
 if TYPE_CHECKING:
     from iotix.fleet.simulator import Simulator
@@ -49,19 +52,6 @@ _ERROR = DeviceState.ERROR
 STOP_DRAIN_S = 2.0
 #: The error list of a fleet keeps this many background errors for the next keyword to report.
 MAX_PENDING_ERRORS = 20
-
-
-class Credentials:
-    """Username and password; the password never appears in a repr, a log or an exception."""
-
-    __slots__ = ("password", "username")
-
-    def __init__(self, username: str | None = None, password: str | None = None) -> None:
-        self.username = username
-        self.password = password
-
-    def __repr__(self) -> str:
-        return f"Credentials(username={self.username!r}, password={'***' if self.password else None})"
 
 
 @dataclass(frozen=True)
@@ -137,7 +127,16 @@ class Fleet:
         self.sendable = [raw_field is None or raw_field in names for _, names in self.groups]
         self.qos = int(self.connection.get("qos", 0))
         self._rng = random.Random(f"fleet:{name}:{seed}")
-        self.transport = create_transport(self)
+        self.outcomes = FleetOutcomes(self)
+        spec = TransportSpec(
+            fleet=name,
+            model=model,
+            connection=MappingProxyType(self.connection),
+            credentials=self.credentials,
+            tls_dir=self.options.tls_dir,
+            seed=seed,
+        )
+        self.transport = create_transport(spec, self.devices, self.outcomes)
         self.delivery = Delivery(
             self,
             delivery or DeliverySettings.from_connection(self.connection),
@@ -145,6 +144,7 @@ class Fleet:
             random.Random(f"retry:{name}:{seed}"),
             request_based=self.transport.request_based,
         )
+        self.outcomes.bind(self.delivery, request_based=self.transport.request_based)
         self._log_sends = not self.transport.request_based and self.delivery.settings.log_size > 0
         self.encoder = self.transport.make_encoder() or make_encoder(model)
         names = list(model.field_names)
@@ -165,6 +165,7 @@ class Fleet:
         self.dropout_task: asyncio.Task[None] | None = None
         self.dropout_plan: list[Any] = []
         self.dropouts_done = 0
+        self.dropout_started_at = 0.0  # loop time the current dropout plan counts from
         self.behaviors_fired = 0
         self._connect_limit = asyncio.Semaphore(self.options.max_connecting)
 
@@ -266,8 +267,7 @@ class Fleet:
         if reconnect:
             device.reconnects += 1
         if device.topic is None:
-            topic_for = getattr(self.transport, "topic_for", None)
-            device.topic = topic_for(device) if topic_for else None
+            device.topic = self.transport.topic_for(device)
         device.state = DeviceState.RUNNING
         self._flush_offline(device)
         if not device.scheduled:
@@ -387,11 +387,7 @@ class Fleet:
             delay = full_jitter(0, self.options.reconnect_base_s, self.options.reconnect_cap_s, self._rng)
             device.task = asyncio.get_running_loop().create_task(self._connect_loop(device, True, delay))
 
-    def delivery_failed(self, device: Device, reason: str, code: str = "error", nbytes: int = 0) -> None:
-        """A message that was handed over was not delivered (no retry: see :class:`Delivery` for those)."""
-        self.delivery.failed(device, reason, code, nbytes, fault=False)
-
-    def command_received(self, device: Device, name: str, payload: bytes, topic: str) -> None:
+    def command_received(self, device: Device, name: str, payload: bytes, topic: str) -> str:
         try:
             params = json.loads(payload) if payload else {}
         except ValueError:
@@ -421,6 +417,7 @@ class Fleet:
                 "ts": int(time.time() * 1000),
             }
             self.transport.send(device, json.dumps(body, separators=(",", ":")).encode(), topic_out, 1)
+        return status
 
     def _apply_command(self, device: Device, name: str, params: dict[str, Any]) -> tuple[str, str]:
         spec = next((c for c in self.model.commands if c.name == name), None)
@@ -488,6 +485,7 @@ class Fleet:
         plan = plan_dropout([d.id for d in self.devices], settings, seed)
         self.dropout_plan = plan
         self.dropouts_done = 0
+        self.dropout_started_at = asyncio.get_running_loop().time()
         self.dropout_task = asyncio.get_running_loop().create_task(
             self._dropout(plan), name=f"iotix-dropout-{self.name}"
         )
@@ -495,7 +493,7 @@ class Fleet:
 
     async def _dropout(self, plan: list[Any]) -> None:
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        t0 = self.dropout_started_at or loop.time()
         steps: list[tuple[float, int, str, Any]] = []
         for event in plan:
             steps.append((event.drop_at, 0, "drop", event))
@@ -590,3 +588,155 @@ class Fleet:
     def expected_sequences(self) -> dict[str, tuple[int, int]]:
         """Per device, the sequence numbers handed to the transport so far: ``[0, seq)``."""
         return {d.id: (0, d.seq) for d in self.devices}
+
+    # -- what the keyword libraries ask (through the bridge: on the loop) ------------------------------------
+
+    @property
+    def target(self) -> str:
+        """Where the fleet's transport sends (``host:port``, a URL, a topic)."""
+        return self.transport.target
+
+    def device_ids(self, state: DeviceState | None = None) -> list[str]:
+        """The ids of the fleet's devices, in order; with ``state`` only those in it."""
+        return [d.id for d in self.devices if state is None or d.state is state]
+
+    def count_in(self, state: DeviceState) -> int:
+        return sum(d.state is state for d in self.devices)
+
+    def device_status(self, device: Device) -> dict[str, Any]:
+        """One device's state and counters, and where it answers when its transport says (CoAP server mode)."""
+        out = device.status()
+        address = self.transport.device_address(device)
+        if address:
+            out.update(address)
+        return out
+
+    def device_statuses(self) -> list[dict[str, Any]]:
+        return [self.device_status(d) for d in self.devices]
+
+    def tls(self) -> FleetTls | None:
+        """The fleet's TLS settings from its model's ``connection.tls`` (None: it does not use TLS)."""
+        return self.transport.tls or FleetTls.of(self.transport.spec)
+
+    def device_variables(self) -> list[dict[str, Any]]:
+        """The ``${...}`` variables of every device (deviceId, index, modelId, fleet)."""
+        return [d.variables() for d in self.devices]
+
+    def devices_in_error(self, limit: int = 3) -> list[tuple[str, str | None]]:
+        """Up to ``limit`` devices in state error with their last errors."""
+        return [(d.id, d.last_error) for d in self.devices if d.state is _ERROR][:limit]
+
+    def transmissions(self, last: int) -> list[tuple[str, dict[str, Any]]]:
+        """``(device id, entry)`` of the last ``last`` transmissions of every device, device by device."""
+        return [(d.id, e) for d in self.devices if d.tlog is not None for e in d.tlog.entries(last)]
+
+    # launch
+
+    def all_running(self) -> bool:
+        """Every device is connected and sending (a fleet of no devices: once its launch is done)."""
+        if not self.devices:
+            return self.state == "running"
+        return all(d.state is _RUNNING for d in self.devices)
+
+    async def wait_until_running(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until :meth:`all_running`; whether it is."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self.all_running():
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def launch_progress(self) -> tuple[int, int, int]:
+        """``(running, devices, launched)``."""
+        return self.count_in(_RUNNING), len(self.devices), self.launched
+
+    def not_running_report(self, waited_s: float) -> str:
+        """Why not every device runs: how many, their states, and the most common last errors."""
+        reasons: dict[str, list[str]] = {}
+        for d in self.devices:
+            if d.state is not _RUNNING:
+                reason = d.last_error or f"still {d.state.value}"
+                # Group devices that failed the same way: without the device's own name in the reason.
+                reason = reason.removeprefix(f"device '{d.id}': ")
+                reasons.setdefault(reason, []).append(d.id)
+        states = self.count_states()
+        running = states["running"]
+        total = len(self.devices)
+        parts = [f"Fleet '{self.name}': {total - running} of {total} devices not running after {waited_s:g} s"]
+        parts.append(
+            f"(launched {self.launched} of {total}; states: "
+            + ", ".join(f"{k} {v}" for k, v in states.items() if v)
+            + ")."
+        )
+        for reason, ids in sorted(reasons.items(), key=lambda kv: -len(kv[1]))[:3]:
+            sample = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            parts.append(f"{len(ids)} device{'s' if len(ids) != 1 else ''} ({sample}): {reason}.")
+        return " ".join(parts)
+
+    # circuit breaker
+
+    @property
+    def has_circuit_breaker(self) -> bool:
+        """Whether the fleet's sends are guarded by a circuit breaker (request-based, threshold above 0)."""
+        return self.delivery.guarded
+
+    def circuit(self) -> CircuitStatus:
+        """A snapshot of the fleet's circuit breaker."""
+        return self.delivery.circuit_status()
+
+    # dropouts
+
+    @property
+    def has_dropout(self) -> bool:
+        return self.dropout_task is not None
+
+    def dropout_time_left(self) -> float:
+        """Seconds until the last planned step of the current dropout (0 when none is left)."""
+        if not self.dropout_plan:
+            return 0.0
+        last = max(max(e.drop_at, e.reconnect_at or 0.0) for e in self.dropout_plan)
+        return max(0.0, self.dropout_started_at + last - asyncio.get_running_loop().time())
+
+    def _not_back(self) -> list[Device]:
+        """Devices the dropout plan brings back that are not running (yet)."""
+        back = (self.by_id[e.device_id] for e in self.dropout_plan if e.reconnect_at is not None)
+        return [d for d in back if d.state is not _RUNNING]
+
+    async def wait_for_dropout(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every step of the dropout is done and every device it
+        reconnects runs again; whether that happened. The fleet must have a dropout (:attr:`has_dropout`)."""
+        task = self.dropout_task
+        if task is None:
+            raise ConfigurationError(f"Fleet '{self.name}' has no dropout.")
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            return False
+        while self._not_back():
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def dropout_report(self, waited_s: float) -> str:
+        """What of the dropout is not done: steps, and devices not back."""
+        message = (
+            f"Dropout of fleet '{self.name}' not complete after {waited_s:g} s: {self.dropouts_done} of "
+            f"{self.dropout_steps} steps done"
+        )
+        not_back = self._not_back()
+        if not_back:
+            d = not_back[0]
+            message += (
+                f"; {len(not_back)} device(s) not back, e.g. {d.id} ({d.state.value}"
+                f"{': ' + d.last_error if d.last_error else ''})"
+            )
+        return message + "."
+
+    def restore_dropped(self) -> list[str]:
+        """Bring every dropped device back now; their ids."""
+        return [d.id for d in self.devices if self.restore_device(d)]

@@ -29,9 +29,9 @@ from typing import Any
 from iotix.encode import decode_envelope
 from iotix.observe.tracker import TelemetryTracker
 from iotix.services.process import LOCALHOST
-from iotix.transport.coap import (
+from iotix.transport.coap_base import enlarge_receive_buffer
+from iotix.transport.coap_server_mode import (
     AIOCOAP_LOGGER,
-    enlarge_receive_buffer,
     release_udp_port,
     reserve_udp_port,
     udp_port_of,

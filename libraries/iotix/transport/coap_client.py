@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from iotix.errors import IoTixError
-from iotix.transport.coap import dotted_code
+from iotix.transport.coap_codec import dotted_code
 
 __all__ = ["CoapClientError", "CoapObservation", "coap_request", "observe"]
 

@@ -18,6 +18,9 @@ a message counts as acknowledged when the broker acknowledged it (``acks``), as 
 when it did not. ``maxBlockMs`` bounds how long a message may wait, in our queue and in the producer,
 before it fails: a broker that is down gives failures within about ``maxBlockMs``, never a hang.
 
+Every queued message carries the transport of its own fleet (its outcomes object and its latency
+histogram): a pool serves several fleets, and each outcome goes back to the fleet that sent the message.
+
 Health checks (``periodic``): a producer whose sender or I/O thread died, or that has been failing for
 longer than ``HEALTH_WINDOW_S`` while the broker accepts TCP connections, is closed and replaced
 (``producersReplaced``).
@@ -34,15 +37,11 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from iotix.behavior import compile_template
-from iotix.transport.base import Transport, TransportError
-
-if TYPE_CHECKING:
-    from iotix.fleet.device import Device
-    from iotix.fleet.fleet import Fleet
+from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 
 log = logging.getLogger("iotix.transport.kafka")
 
@@ -54,8 +53,8 @@ MAX_QUEUED = 50_000
 HEALTH_INTERVAL_S = 5.0
 HEALTH_WINDOW_S = 15.0
 
-# (device, payload, topic, key, handed over at (loop time), attempt, first attempt at, producer generation)
-_Item = tuple["Device", bytes, str, bytes, float, int, float]
+# (link, payload, topic, key, handed over at (loop time), attempt, first attempt at, the fleet's transport)
+_Item = tuple[Link, bytes, str, bytes, float, int, float, "KafkaTransport"]
 
 
 def build_kafka_client(factory: Callable[..., Any], **config: Any) -> Any:
@@ -81,6 +80,30 @@ def build_kafka_client(factory: Callable[..., Any], **config: Any) -> Any:
         raise
 
 
+def make_producer(settings: Mapping[str, Any], index: int) -> Any:
+    """The ``KafkaProducer`` of pool member ``index`` for a pool's ``settings`` (blocking: bootstraps).
+
+    The one place a pool makes a kafka-python producer (unit tests put a fake here).
+    """
+    from kafka import KafkaProducer
+
+    s = settings
+    return build_kafka_client(
+        KafkaProducer,
+        bootstrap_servers=s["bootstrap"].split(","),
+        client_id=f"iotix-{index}",
+        acks=s["acks"],
+        compression_type=s["compression"],
+        linger_ms=s["linger_ms"],
+        max_block_ms=s["max_block_ms"],
+        request_timeout_ms=s["max_block_ms"],
+        delivery_timeout_ms=s["max_block_ms"] + s["linger_ms"],
+        bootstrap_timeout_ms=s["max_block_ms"],
+        retries=0,  # retries are ours: counted, with backoff, bounded (the fleet's delivery bookkeeping)
+        enable_idempotence=False,
+    )
+
+
 def _acks(value: Any) -> int | str:
     return "all" if str(value) in ("all", "-1") else int(value)
 
@@ -104,23 +127,7 @@ class PooledProducer:
 
     def start(self) -> None:
         """Create the producer (blocking: runs in an executor) and start the sender thread."""
-        from kafka import KafkaProducer
-
-        s = self.pool.settings
-        self.producer = build_kafka_client(
-            KafkaProducer,
-            bootstrap_servers=s["bootstrap"].split(","),
-            client_id=f"iotix-{self.index}",
-            acks=s["acks"],
-            compression_type=s["compression"],
-            linger_ms=s["linger_ms"],
-            max_block_ms=s["max_block_ms"],
-            request_timeout_ms=s["max_block_ms"],
-            delivery_timeout_ms=s["max_block_ms"] + s["linger_ms"],
-            bootstrap_timeout_ms=s["max_block_ms"],
-            retries=0,  # retries are ours: counted, with backoff, bounded (iotix.fleet.delivery)
-            enable_idempotence=False,
-        )
+        self.producer = make_producer(self.pool.settings, self.index)
         self.thread = threading.Thread(target=self._run, name=f"iotix-kafka-sender-{self.index}", daemon=True)
         self.thread.start()
 
@@ -222,16 +229,24 @@ class ProducerPool:
 
     # -- sending (loop) ----------------------------------------------------------------------------------------
 
-    def enqueue(self, device: Device, payload: bytes, topic: str, attempt: int = 0, first_try: float = 0.0) -> str:
-        """Hand a message to the device's producer; '' or the reason it was refused."""
+    def enqueue(
+        self,
+        owner: KafkaTransport,
+        link: Link,
+        payload: bytes,
+        topic: str,
+        attempt: int = 0,
+        first_try: float = 0.0,
+    ) -> str:
+        """Hand a message of ``owner``'s fleet to the link's producer; '' or the reason it was refused."""
         if not self.producers:
             return f"not sent: the producers for {self.target} are not running"
-        producer = self.producers[device.index % self.size]
+        producer = self.producers[link.index % self.size]
         if producer.pending >= MAX_QUEUED:
             return f"not sent: {producer.pending} messages already wait for producer {producer.index} of {self.target}"
         producer.pending += 1
         now = self.loop.time()
-        producer.queue.put((device, payload, topic, device.id.encode(), now, attempt, first_try or now))
+        producer.queue.put((link, payload, topic, link.id.encode(), now, attempt, first_try or now, owner))
         return ""
 
     # -- outcomes (kafka-python's threads -> loop) -----------------------------------------------------------
@@ -256,34 +271,35 @@ class ProducerPool:
         while results:
             item, producer, _metadata, error, retriable, done = results.popleft()
             producer.pending -= 1
-            device, payload, topic, _key, t0, attempt, first_try = item
-            fleet = device.fleet
+            link, payload, topic, _key, t0, attempt, first_try, owner = item
             latency = done - t0
             if error is None:
                 producer.failing_since = None
-                fleet.transport.latency.record(latency)  # type: ignore[attr-defined]  # a Kafka fleet's
-                fleet.delivery.succeeded(device, len(payload), latency)
+                owner.latency.record(latency)
+                owner.outcomes.acknowledged(link, len(payload), latency)
                 continue
             if producer.failing_since is None:
                 producer.failing_since = time.monotonic()
             code = "timeout" if "Timeout" in error or "maxBlockMs" in error else "kafka_error"
 
-            fleet.delivery.failed(
-                device,
+            owner.outcomes.failed(
+                link,
                 f"Kafka produce to {topic} at {self.settings['bootstrap']} failed: {error}",
                 code,
                 len(payload),
                 latency,
                 fault=retriable,
-                resend=functools.partial(self._resend, device, payload, topic, first_try),
+                resend=functools.partial(self._resend, owner, link, payload, topic, first_try),
                 attempt=attempt,
                 first_try=first_try,
             )
 
-    def _resend(self, device: Device, payload: bytes, topic: str, first_try: float, attempt: int) -> None:
-        reason = self.enqueue(device, payload, topic, attempt, first_try)
+    def _resend(
+        self, owner: KafkaTransport, link: Link, payload: bytes, topic: str, first_try: float, attempt: int
+    ) -> None:
+        reason = self.enqueue(owner, link, payload, topic, attempt, first_try)
         if reason:
-            device.fleet.delivery_failed(device, reason, "queue_full", len(payload))
+            owner.outcomes.failed(link, reason, "queue_full", len(payload), fault=False)
 
     # -- health ----------------------------------------------------------------------------------------------
 
@@ -381,17 +397,17 @@ class KafkaTransport(Transport):
     protocol = "kafka"
     request_based = True
 
-    def __init__(self, fleet: Fleet) -> None:
-        super().__init__(fleet)
+    def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
+        super().__init__(spec, links, outcomes)
         from iotix.observe.histogram import Histogram
 
-        settings, size = _settings(fleet.connection, fleet.name)
+        settings, size = _settings(spec.connection, spec.fleet)
         if size < 1:
-            raise TransportError(f"Fleet '{fleet.name}': connection.producers must be >= 1, got {size}")
+            raise TransportError(f"Fleet '{spec.fleet}': connection.producers must be >= 1, got {size}")
         self.settings = settings
         self.size = size
         self.key = (*sorted(settings.items()), size)
-        self._topic = compile_template(str(fleet.connection["topic"]))
+        self._topic = compile_template(str(spec.connection["topic"]))
         self.latency = Histogram()
         self.pool: ProducerPool | None = None
 
@@ -408,35 +424,35 @@ class KafkaTransport(Transport):
             self.pool = pool
         return self.pool
 
-    def topic_for(self, device: Device) -> str:
-        return self._topic.render_text(device.variables())
+    def topic_for(self, link: Link) -> str:
+        return self._topic.render_text(link.variables())
 
-    async def connect(self, device: Device) -> None:
+    async def connect(self, link: Link) -> None:
         await self._acquire().ready()
-        if device.topic is None:
-            device.topic = self.topic_for(device)
-        device.conn = True
+        if link.topic is None:
+            link.topic = self.topic_for(link)
+        link.conn = True
 
-    def is_connected(self, device: Device) -> bool:
-        return bool(device.conn) and self.pool is not None and bool(self.pool.producers)
+    def is_connected(self, link: Link) -> bool:
+        return bool(link.conn) and self.pool is not None and bool(self.pool.producers)
 
     def send(
-        self, device: Device, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
+        self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
         pool = self.pool
-        if not device.conn or pool is None:
+        if not link.conn or pool is None:
             return False
-        reason = pool.enqueue(device, payload, topic or device.topic or self.topic_for(device))
+        reason = pool.enqueue(self, link, payload, topic or link.topic or self.topic_for(link))
         if reason:
-            device.last_error = reason  # the fleet counts the refused message as failed
+            self.outcomes.not_sent(link, reason)  # the fleet counts the refused message as failed
             return False
         return True
 
-    async def disconnect(self, device: Device) -> None:
-        device.conn = None
+    async def disconnect(self, link: Link) -> None:
+        link.conn = None
 
-    def drop(self, device: Device) -> None:
-        device.conn = None  # what its producer already took still goes out: it left the device
+    def drop(self, link: Link) -> None:
+        link.conn = None  # what its producer already took still goes out: it left the device
 
     async def drain(self, timeout: float) -> None:
         pool = self.pool
@@ -471,3 +487,8 @@ class KafkaTransport(Transport):
             "compression": self.settings["compression"] or "none",
             "produceLatencyMs": self.latency.summary(),
         }
+
+
+def create(spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> KafkaTransport:
+    """The registry's entry (:mod:`iotix.transport.registry`)."""
+    return KafkaTransport(spec, links, outcomes)

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Any
 from paho.mqtt.enums import MQTTErrorCode
 
 from iotix.behavior import compile_template
-from iotix.transport.base import Transport, TransportError
+from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.paho_driver import LoopClient
 from iotix.transport.tls import FleetTls
 
 if TYPE_CHECKING:
-    from iotix.fleet.device import Device
-    from iotix.fleet.fleet import Fleet
+    from collections.abc import Sequence
 
 log = logging.getLogger("iotix.transport.mqtt")
 OK = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -26,64 +25,58 @@ OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 PERIODIC_S = 0.1
 
 
-def _on_connect(client: LoopClient, device: Device, flags: Any, reason_code: Any, properties: Any) -> None:
+def _on_connect(client: LoopClient, link: Link, flags: Any, reason_code: Any, properties: Any) -> None:
     client.connack_received(reason_code)
 
 
-def _on_disconnect(client: LoopClient, device: Device, flags: Any, reason_code: Any, properties: Any) -> None:
+def _on_disconnect(client: LoopClient, link: Link, flags: Any, reason_code: Any, properties: Any) -> None:
     client.connection_failed(str(reason_code))
-    if device.conn_intentional_close:
+    if client.intentional_close:
         return
-    device.fleet.connection_lost(device, f"connection lost ({reason_code})")
+    client.outcomes.connection_lost(link, f"connection lost ({reason_code})")
 
 
-def _on_publish(client: LoopClient, device: Device, mid: int, reason_code: Any, properties: Any) -> None:
+def _on_publish(client: LoopClient, link: Link, mid: int, reason_code: Any, properties: Any) -> None:
     side = client.side_mids
     if side and mid in side:  # an alert or a command response, not telemetry: not in the telemetry counters
         side.discard(mid)
         return
     if getattr(reason_code, "is_failure", False):
-        device.fleet.delivery_failed(device, f"broker rejected publish: {reason_code}")
+        client.outcomes.failed(link, f"broker rejected publish: {reason_code}", fault=False)
     else:
-        device.acked += 1
+        client.outcomes.acknowledged(link)
 
 
-def watch_device_client(client: LoopClient, *, count_acks: bool = False) -> None:
-    """Route a device's client events to the fleet: CONNACK and disconnects, and PUBACKs when ``count_acks``.
+def watch_device_client(client: LoopClient, outcomes: Outcomes, *, count_acks: bool = False) -> None:
+    """Route a device's client events to ``outcomes``: CONNACK and disconnects, and PUBACKs when ``count_acks``.
 
-    The client's ``userdata`` must be the :class:`Device`; an unexpected disconnect calls
-    ``fleet.connection_lost`` unless ``device.conn_intentional_close`` is set. Used by adapters that open an MQTT
+    The client's ``userdata`` must be the device's :class:`Link`; an unexpected disconnect is reported as
+    ``connection_lost`` unless ``client.intentional_close`` is set. Used by adapters that open an MQTT
     connection for a device of another protocol (the hybrid IoTFlow devices of the HTTP adapter).
     """
+    client.outcomes = outcomes
     client.on_connect = _on_connect
     client.on_disconnect = _on_disconnect
     if count_acks:
         client.on_publish = _on_publish
 
 
-def publish_telemetry(device: Device, client: LoopClient, payload: bytes, qos: int) -> bool:
-    """Publish one telemetry payload to ``device.topic`` (QoS 0 on the corked fast path)."""
+def publish_telemetry(link: Link, client: LoopClient, payload: bytes, qos: int, outcomes: Outcomes) -> bool:
+    """Publish one telemetry payload to ``link.topic`` (QoS 0 on the corked fast path)."""
     if qos == 0:
         field = client.fast_topic
         if field is None:
-            field = client.fast_topic = client.topic_field(device.topic or "")
+            field = client.fast_topic = client.topic_field(link.topic or "")
         if client.publish_qos0(field, payload):
             return True
-        device.last_error = "publish failed: not connected"
+        outcomes.not_sent(link, "publish failed: not connected")
         return False
-    info = client.publish(device.topic or "", payload, qos)
+    info = client.publish(link.topic or "", payload, qos)
     if info.rc != OK:
-        device.last_error = f"publish failed: {info.rc}"
+        outcomes.not_sent(link, f"publish failed: {info.rc}")
         return False
     client.kick()
     return True
-
-
-def _on_message(client: LoopClient, device: Device, message: Any) -> None:
-    transport: MqttTransport = device.fleet.transport  # type: ignore[assignment]
-    name = transport.command_for_topic(device, message.topic)
-    if name is not None:
-        device.fleet.command_received(device, name, message.payload, message.topic)
 
 
 class MqttTransport(Transport):
@@ -91,9 +84,9 @@ class MqttTransport(Transport):
 
     protocol = "mqtt"
 
-    def __init__(self, fleet: Fleet) -> None:
-        super().__init__(fleet)
-        conn = fleet.connection
+    def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
+        super().__init__(spec, links, outcomes)
+        conn = spec.connection
         self.host: str = str(conn.get("host") or conn.get("broker") or "localhost")
         self.port: int = int(conn.get("port") or (8883 if conn.get("tls") is not None else 1883))
         self.qos: int = int(conn.get("qos", 0))
@@ -102,19 +95,20 @@ class MqttTransport(Transport):
         self.mqtt_version: str = str(conn.get("mqttVersion", "3.1.1"))
         self.connect_timeout: float = float(conn.get("connectTimeoutMs", 10000)) / 1000.0
         self.max_inflight: int = int(conn.get("maxInflight", 100))
-        self.tls: FleetTls | None = FleetTls.of(fleet)  # connection.tls: one SSL context per distinct file set
+        self.tls: FleetTls | None = FleetTls.of(spec)  # connection.tls: one SSL context per distinct file set
         self._client_id = compile_template(str(conn.get("clientIdPattern", "${deviceId}")))
         self._topic = compile_template(str(conn.get("topicPattern", "iotix/${deviceId}/telemetry")))
         self._will = conn.get("lastWill")
         self._commands: list[tuple[str, Any]] = []  # (command name, topic template)
         default_cmd = conn.get("commandTopicPattern")
-        for cmd in fleet.model.commands:
+        for cmd in spec.model.commands:
             pattern = cmd.topic or default_cmd
             if pattern:
                 self._commands.append((cmd.name, compile_template(str(pattern))))
         self._addr: tuple[Any, ...] | None = None
         self._family = socket.AF_INET
         self._misc_cursor = 0
+        self._on_message_cb = self._on_message  # one bound method shared by every client
 
     @property
     def target(self) -> str:
@@ -122,21 +116,26 @@ class MqttTransport(Transport):
 
     # -- per-device names ---------------------------------------------------------------------------
 
-    def topic_for(self, device: Device) -> str:
-        return self._topic.render_text(device.variables())
+    def topic_for(self, link: Link) -> str:
+        return self._topic.render_text(link.variables())
 
-    def command_topics(self, device: Device) -> dict[str, str]:
-        variables = device.variables()
+    def command_topics(self, link: Link) -> dict[str, str]:
+        variables = link.variables()
         out = {}
         for name, tmpl in self._commands:
             out[name] = tmpl.render_text({**variables, "command": name})
         return out
 
-    def command_for_topic(self, device: Device, topic: str) -> str | None:
-        for name, t in self.command_topics(device).items():
+    def command_for_topic(self, link: Link, topic: str) -> str | None:
+        for name, t in self.command_topics(link).items():
             if t == topic:
                 return name
         return None
+
+    def _on_message(self, client: LoopClient, link: Link, message: Any) -> None:
+        name = self.command_for_topic(link, message.topic)
+        if name is not None:
+            self.outcomes.command_received(link, name, message.payload, message.topic)
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -151,17 +150,18 @@ class MqttTransport(Transport):
             self._family, self._addr = family, addr
         return self._addr
 
-    def _new_client(self, device: Device) -> LoopClient:
-        variables = device.variables()
+    def _new_client(self, link: Link) -> LoopClient:
+        variables = link.variables()
         client = LoopClient(
             asyncio.get_running_loop(),
             self._client_id.render_text(variables),
             mqtt_version=self.mqtt_version,
             clean_session=self.clean_session,
-            userdata=device,
+            userdata=link,
         )
+        client.outcomes = self.outcomes
         client.max_inflight_messages_set(self.max_inflight)
-        creds = self.fleet.credentials
+        creds = self.spec.credentials
         if creds.username is not None:
             client.username_pw_set(creds.username, creds.password)
         if self._will:
@@ -180,17 +180,17 @@ class MqttTransport(Transport):
         if self.qos > 0:
             client.on_publish = _on_publish
         if self._commands:
-            client.on_message = _on_message
+            client.on_message = self._on_message_cb
         return client
 
-    async def connect(self, device: Device) -> None:
+    async def connect(self, link: Link) -> None:
         addr = await self._resolve()
-        client: LoopClient | None = device.conn
+        client: LoopClient | None = link.conn
         if client is None:
-            client = device.conn = self._new_client(device)
-        device.conn_intentional_close = False
+            client = link.conn = self._new_client(link)
+        client.intentional_close = False
         try:
-            tls = self.tls.for_device(device) if self.tls is not None else None
+            tls = self.tls.for_device(link) if self.tls is not None else None
             await client.open(
                 self.host,
                 self.port,
@@ -201,35 +201,35 @@ class MqttTransport(Transport):
                 tls=tls,
             )
         except TransportError as err:
-            raise TransportError(f"device '{device.id}': {err}") from None
+            raise TransportError(f"device '{link.id}': {err}") from None
         if self._commands:
-            topics = [(t, 1) for t in self.command_topics(device).values()]
+            topics = [(t, 1) for t in self.command_topics(link).values()]
             client.subscribe(topics)
             client.kick()
 
-    def is_connected(self, device: Device) -> bool:
-        client = device.conn
-        return client is not None and client._sock is not None and client.is_connected()
+    def is_connected(self, link: Link) -> bool:
+        client = link.conn
+        return client is not None and client.has_socket and client.is_connected()
 
     def send(
-        self, device: Device, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
+        self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
-        client: LoopClient = device.conn
-        if client is None or client._sock is None:
+        client: LoopClient = link.conn
+        if client is None or not client.has_socket:
             return False
         if qos is None:
             qos = self.qos
-        if qos == 0 and not retain and (topic is None or topic == device.topic):
-            return publish_telemetry(device, client, payload, 0)
-        info = client.publish(topic or device.topic, payload, qos, retain)
+        if qos == 0 and not retain and (topic is None or topic == link.topic):
+            return publish_telemetry(link, client, payload, 0, self.outcomes)
+        info = client.publish(topic or link.topic, payload, qos, retain)
         if info.rc != OK:
-            device.last_error = f"publish failed: {info.rc}"
+            self.outcomes.not_sent(link, f"publish failed: {info.rc}")
             return False
         if topic is not None and qos > 0:  # not telemetry: keep its acknowledgement out of messagesAcked
             if client.side_mids is None:
                 client.side_mids = set()
             client.side_mids.add(info.mid)
-        if client._out_packet:
+        if client.has_output:
             client.kick()
         return True
 
@@ -238,37 +238,39 @@ class MqttTransport(Transport):
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
-            if not any(
-                d.conn is not None and d.conn._sock is not None and (d.conn._out_messages or d.conn._out_packet)
-                for d in self.fleet.devices
-            ):
+            if not any(link.conn is not None and link.conn.in_flight for link in self.links):
                 return
             await asyncio.sleep(0.02)
 
-    async def disconnect(self, device: Device) -> None:
-        client: LoopClient | None = device.conn
+    async def disconnect(self, link: Link) -> None:
+        client: LoopClient | None = link.conn
         if client is None:
             return
-        device.conn_intentional_close = True
+        client.intentional_close = True
         client.close_gracefully()
 
-    def drop(self, device: Device) -> None:
-        client: LoopClient | None = device.conn
+    def drop(self, link: Link) -> None:
+        client: LoopClient | None = link.conn
         if client is None:
             return
-        device.conn_intentional_close = True
+        client.intentional_close = True
         client.abort()
 
     def periodic(self, now: float) -> None:
-        devices = self.fleet.devices
-        n = len(devices)
+        links = self.links
+        n = len(links)
         if not n:
             return
         sweep_s = min(5.0, max(PERIODIC_S, self.keepalive / 4))
         chunk = max(1, -(-n * PERIODIC_S // sweep_s))
         start = self._misc_cursor % n
-        for device in devices[start : start + int(chunk)]:
-            client = device.conn
-            if client is not None and client._sock is not None:
+        for link in links[start : start + int(chunk)]:
+            client = link.conn
+            if client is not None:
                 client.misc()
         self._misc_cursor = start + int(chunk)
+
+
+def create(spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> MqttTransport:
+    """The registry's entry (:mod:`iotix.transport.registry`)."""
+    return MqttTransport(spec, links, outcomes)

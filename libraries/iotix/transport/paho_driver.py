@@ -153,6 +153,8 @@ class LoopClient(mqtt.Client):
         self.fast_topic: bytes | None = None  # the owner's cached topic_field() of its telemetry topic
         self._pending: bytes | bytearray | None = None  # corked QoS 0 packets (see Corker)
         self.side_mids: set[int] | None = None  # mids of QoS 1/2 messages that are not telemetry
+        self.outcomes: Any = None  # where the owning transport's callbacks report (iotix.transport.base.Outcomes)
+        self.intentional_close = False  # the owner closed the connection: do not report it as lost
         self._corker = corker_for(loop)
         self._clean_start = clean_session
         self._connack: asyncio.Future[Any] | None = None
@@ -398,6 +400,21 @@ class LoopClient(mqtt.Client):
         if sent < len(data):
             self._packet_queue(0, bytes(data[sent:]), 0, 0)
             self.kick()
+
+    @property
+    def has_socket(self) -> bool:
+        """Whether a connection (possibly still before CONNACK) is open."""
+        return self._sock is not None
+
+    @property
+    def has_output(self) -> bool:
+        """Whether bytes wait in paho's queue for the socket."""
+        return bool(self._out_packet)
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether messages wait to be written or acknowledged (QoS 1/2 in flight) on an open connection."""
+        return self._sock is not None and bool(self._out_messages or self._out_packet)
 
     def kick(self) -> None:
         """Register a writer when paho has bytes the socket did not take."""

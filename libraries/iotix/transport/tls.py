@@ -36,8 +36,7 @@ from iotix.errors import ConfigurationError
 from iotix.transport.base import TransportError
 
 if TYPE_CHECKING:
-    from iotix.fleet.device import Device
-    from iotix.fleet.fleet import Fleet
+    from iotix.transport.base import Link, TransportSpec
 
 __all__ = [
     "TLS_FILE_FIELDS",
@@ -264,16 +263,17 @@ class FleetTls:
     Build it with :meth:`of` (None when the connection has no ``tls``). Runs on the runtime loop.
     """
 
-    def __init__(self, fleet: Fleet, settings: Mapping[str, Any]) -> None:
-        self.fleet = fleet
+    def __init__(self, spec: TransportSpec, settings: Mapping[str, Any]) -> None:
+        self.spec = spec
+        self.fleet = spec.fleet  # the fleet's name, for messages
         self.settings = dict(settings)
         self.min_version = str(settings.get("minVersion", "1.2"))
         if self.min_version not in _VERSIONS:
             raise ConfigurationError(
-                f'Fleet \'{fleet.name}\': connection.tls.minVersion must be "1.2" or "1.3", got {self.min_version!r}'
+                f'Fleet \'{self.fleet}\': connection.tls.minVersion must be "1.2" or "1.3", got {self.min_version!r}'
             )
         self.verify_hostname = settings.get("verifyHostname", True) is not False
-        self.base_dir = self._base_dir(fleet)
+        self.base_dir = self._base_dir(spec)
         self._patterns: dict[str, Template] = {}
         for field in TLS_FILE_FIELDS:
             value = settings.get(field)
@@ -281,32 +281,31 @@ class FleetTls:
                 try:
                     self._patterns[field] = compile_template(str(value), TLS_VARIABLES)
                 except TemplateError as err:
-                    raise ConfigurationError(f"Fleet '{fleet.name}': connection.tls.{field}: {err}") from None
+                    raise ConfigurationError(f"Fleet '{self.fleet}': connection.tls.{field}: {err}") from None
         self._cache: dict[tuple[Any, ...], ClientTls] = {}
         if not self.verify_hostname:
             log.warning(
                 "fleet %s: connection.tls.verifyHostname is false: the broker's certificate is checked against the "
                 "CA but not against the host name %r",
-                fleet.name,
-                fleet.connection.get("host") or fleet.connection.get("broker") or "localhost",
+                self.fleet,
+                spec.connection.get("host") or spec.connection.get("broker") or "localhost",
             )
 
     @classmethod
-    def of(cls, fleet: Fleet) -> FleetTls | None:
+    def of(cls, spec: TransportSpec) -> FleetTls | None:
         """The fleet's TLS settings, or None when its connection has no ``tls``."""
-        settings = fleet.connection.get("tls")
+        settings = spec.connection.get("tls")
         if settings is None or settings is False:
             return None
         if not isinstance(settings, Mapping):
-            raise ConfigurationError(f"Fleet '{fleet.name}': connection.tls must be an object, got {settings!r}")
-        return cls(fleet, settings)
+            raise ConfigurationError(f"Fleet '{spec.fleet}': connection.tls must be an object, got {settings!r}")
+        return cls(spec, settings)
 
     @staticmethod
-    def _base_dir(fleet: Fleet) -> Path:
-        tls_dir = getattr(fleet.options, "tls_dir", None)
-        if tls_dir:
-            return Path(tls_dir).absolute()
-        source = fleet.model.source
+    def _base_dir(spec: TransportSpec) -> Path:
+        if spec.tls_dir:
+            return Path(spec.tls_dir).absolute()
+        source = spec.model.source
         return Path(source).absolute().parent if source is not None else Path.cwd()
 
     @property
@@ -332,19 +331,19 @@ class FleetTls:
         t = self._patterns.get(field)
         if t is None or t.names & {"deviceId", "index"}:
             return None
-        return self.base_dir / t.render_text({"modelId": self.fleet.model.id, "fleet": self.fleet.name})
+        return self.base_dir / t.render_text({"modelId": self.spec.model.id, "fleet": self.fleet})
 
-    def paths_for(self, device: Device) -> TlsPaths:
-        """The files of ``device``."""
-        return self.resolve(device.variables())
+    def paths_for(self, link: Link) -> TlsPaths:
+        """The files of the device ``link``."""
+        return self.resolve(link.variables())
 
-    def for_device(self, device: Device) -> ClientTls:
+    def for_device(self, link: Link) -> ClientTls:
         """The device's TLS settings; shared with every device that has the same files.
 
         Raises :class:`TransportError` naming the fleet, the field and the path when a file is missing or
         unusable, and when the device certificate is expired or not valid yet (checked at every call).
         """
-        paths = self.paths_for(device)
+        paths = self.paths_for(link)
         key = (paths, *(_mtime(p) for p in (paths.ca, paths.cert, paths.key)))
         tls = self._cache.get(key)
         if tls is None:
@@ -352,7 +351,7 @@ class FleetTls:
             self._cache[key] = tls
         problem = tls.validity_problem()
         if problem is not None:
-            raise TransportError(f"{problem} (fleet '{self.fleet.name}')")
+            raise TransportError(f"{problem} (fleet '{self.fleet}')")
         return tls
 
     def shared(self) -> ClientTls:
@@ -363,11 +362,11 @@ class FleetTls:
         if self.per_device:
             fields = ", ".join(f for f, t in self._patterns.items() if t.names & {"deviceId", "index"})
             raise ConfigurationError(
-                f"Fleet '{self.fleet.name}': connection.tls.{fields} uses ${{deviceId}} or ${{index}}, but the "
-                f"devices of a {self.fleet.model.protocol} fleet share one TLS setting"
+                f"Fleet '{self.fleet}': connection.tls.{fields} uses ${{deviceId}} or ${{index}}, but the "
+                f"devices of a {self.spec.protocol} fleet share one TLS setting"
             )
         try:
-            return self._build(self.resolve({"modelId": self.fleet.model.id, "fleet": self.fleet.name}))
+            return self._build(self.resolve({"modelId": self.spec.model.id, "fleet": self.fleet}))
         except TransportError as err:
             raise ConfigurationError(str(err)) from None
 
@@ -375,7 +374,7 @@ class FleetTls:
         for field, path in zip(TLS_FILE_FIELDS, (paths.ca, paths.cert, paths.key), strict=True):
             if path is not None and not path.is_file():
                 raise TransportError(
-                    f"connection.tls.{field} '{path}' of fleet '{self.fleet.name}' does not exist{self._origin(field)}"
+                    f"connection.tls.{field} '{path}' of fleet '{self.fleet}' does not exist{self._origin(field)}"
                 )
         try:
             return client_tls(
@@ -386,7 +385,7 @@ class FleetTls:
                 verify_hostname=self.verify_hostname,
             )
         except ConfigurationError as err:
-            raise TransportError(f"{err} (fleet '{self.fleet.name}')") from None
+            raise TransportError(f"{err} (fleet '{self.fleet}')") from None
 
     def _origin(self, field: str) -> str:
         pattern = self.pattern(field)
@@ -404,13 +403,13 @@ def _mtime(path: Path | None) -> int:
         return -1
 
 
-def fleet_tls_context(fleet: Fleet) -> ssl.SSLContext | None:
+def fleet_tls_context(spec: TransportSpec) -> ssl.SSLContext | None:
     """The one SSL context of a fleet whose devices share a connection pool (HTTP), or None without ``tls``.
 
     Relative paths resolve like those of every fleet (``tls_dir``, else the model's folder); per-device
     paths and missing files are a :class:`ConfigurationError` naming the fleet, the field and the path.
     """
-    tls = FleetTls.of(fleet)
+    tls = FleetTls.of(spec)
     return tls.shared().context if tls is not None else None
 
 
