@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from harness import process_gone
 
-from iotix._robot.context import KeywordError
-from iotix._robot.kafka_keywords import KafkaClientError, KafkaConnection, check_topic_name
+from iotix._robot.context import Context, KeywordError
+from iotix._robot.kafka_keywords import KafkaConnection
 from iotix._robot.telemetry import pick_source
 from iotix.errors import ConfigurationError, IoTixError
 from iotix.runtime import Runtime
@@ -33,6 +33,7 @@ from iotix.services.kafka_broker import (
     probe_kafka,
     start_local_kafka_broker,
 )
+from iotix.transport.kafka_probe import KafkaClientError, check_topic_name
 
 pytestmark = [
     pytest.mark.integration,
@@ -67,6 +68,13 @@ def runtime() -> Iterator[Runtime]:
     rt.start()
     yield rt
     rt.stop()
+
+
+def context_on(runtime: Runtime) -> Context:
+    """A keyword context of its own (no receivers, no connections) that calls into ``runtime``."""
+    ctx = Context()
+    ctx._runtime = runtime
+    return ctx
 
 
 @pytest.fixture
@@ -227,10 +235,7 @@ def test_an_unreachable_bootstrap_fails_fast_and_says_why(runtime: Runtime, kind
 def test_the_keyword_error_names_the_bootstrap_and_what_to_do(runtime: Runtime) -> None:
     from iotix._robot.kafka_keywords import KafkaKeywords
 
-    keywords = KafkaKeywords()
-    keywords._ctx = SimpleNamespace(  # type: ignore[assignment]
-        services={}, runtime=runtime, simulator=None, own=lambda *a: None, disown=lambda *a: None
-    )
+    keywords = KafkaKeywords(SimpleNamespace(context=context_on(runtime), timeout=5.0))
     with pytest.raises(KeywordError) as caught:
         keywords.connect_to_kafka("127.0.0.1:1", alias="x")
     assert str(caught.value) == (
@@ -309,10 +314,14 @@ def test_a_subscription_counts_envelopes_per_device(connection: KafkaConnection,
     assert source.listening_since is not None and source.listening_since <= runtime.call(runtime.loop.time)
 
 
-def test_a_kafka_fleet_gets_the_subscription_to_its_topic(connection: KafkaConnection) -> None:
+def test_a_kafka_fleet_gets_the_subscription_to_its_topic(connection: KafkaConnection, runtime: Runtime) -> None:
+    from iotix._robot.kafka_keywords import KAFKA_RECEIVERS
+
     topic = unique("fleet-topic")
     connection.subscribe(topic, timeout=30)
-    ctx = SimpleNamespace(services={"kafka_connections": {"it": connection}})
+    ctx = context_on(runtime)
+    ctx.receivers.add_kind(KAFKA_RECEIVERS)
+    ctx.receivers.register(connection.receiver())
     fleet = SimpleNamespace(name="vans", model=SimpleNamespace(protocol="kafka"), connection={"topic": topic})
     assert pick_source(ctx, "", fleet).name == "kafka:it"  # type: ignore[arg-type]
     assert pick_source(ctx, "kafka:it", fleet).name == "kafka:it"  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from robot.api import logger
 from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
@@ -14,7 +14,10 @@ from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
 from iotix.errors import IoTixError
 from iotix.fleet.simulator import Simulator
 from iotix.model.loader import ModelRegistry
+from iotix.observe.receivers import Receivers
 from iotix.runtime import Runtime, get_runtime, install_log_buffer
+
+T = TypeVar("T")
 
 _LEVELS = {
     logging.DEBUG: "DEBUG",
@@ -37,7 +40,20 @@ class Context:
         self._simulator: Simulator | None = None
         self.models = ModelRegistry()
         self.owned: dict[str, list[tuple[str, Callable[[], Any]]]] = {}  # suite -> [(what, cleanup)]
-        self.services: dict[str, Any] = {}
+        #: every receiver of telemetry (MQTT subscriptions, CoAP server and observations, backends, Kafka)
+        self.receivers = Receivers()
+        self._states: dict[type[Any], Any] = {}
+
+    def state(self, cls: type[T]) -> T:
+        """The process-wide state of type ``cls`` (local servers, connections by alias), made on first use.
+
+        Library instances come and go (one per import with other arguments); what they open is shared
+        through here. A state with an ``aclose()`` coroutine method is closed when the runtime stops.
+        """
+        state = self._states.get(cls)
+        if state is None:
+            state = self._states[cls] = cls()
+        return state  # type: ignore[no-any-return]
 
     @property
     def runtime(self) -> Runtime:
@@ -58,13 +74,13 @@ class Context:
     async def _shutdown(self) -> None:
         if self._simulator is not None:
             await self._simulator.shutdown()
-        for close in list(self.services.values()):
-            aclose = getattr(close, "aclose", None)
+        for state in list(self._states.values()):
+            aclose = getattr(state, "aclose", None)
             if aclose is not None:
                 try:
                     await aclose()
                 except Exception as err:
-                    logging.getLogger("iotix").warning("closing %r failed: %s", close, err)
+                    logging.getLogger("iotix").warning("closing %r failed: %s", state, err)
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 60.0, **kwargs: Any) -> Any:
         """Run ``fn`` on the runtime loop, then copy its log records into the Robot log."""

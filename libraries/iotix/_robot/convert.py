@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
-
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def seconds(value: timedelta | float | int) -> float:
@@ -13,12 +10,3 @@ def seconds(value: timedelta | float | int) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value)
-
-
-def neutralise_cell(value: Any) -> Any:
-    """Make a CSV cell safe to open in a spreadsheet: text that would run as a formula gets a leading '."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value

@@ -1,15 +1,40 @@
-"""Comparing what a fleet sent with what a receiver collected (shared by ProtocolClient and Metrics)."""
+"""Comparing what a fleet sent with what a receiver collected (shared by ProtocolClient and Metrics).
+
+Which receiver counts a fleet is the registry's business (:class:`iotix.observe.receivers.Receivers`, kept
+in the context): receivers register themselves, so nothing here knows a protocol.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, cast
 
+from robot.api import logger
+from robot.api.deco import keyword
+
+from iotix._robot.component import LibraryComponent
 from iotix._robot.context import Context, KeywordError
-from iotix.fleet.fleet import Fleet
-from iotix.observe.tracker import TelemetryReport, TelemetryTracker
-from iotix.transport.mqtt_probe import MqttProbe
+from iotix._robot.types import TelemetryReport as TelemetryReportDict
+from iotix.observe.receivers import FleetView, ReceiverError, Source
+from iotix.observe.tracker import TelemetryReport
+
+if TYPE_CHECKING:
+    from iotix.fleet.fleet import Fleet
+    from iotix.transport.mqtt_probe import MqttProbe
+
+__all__ = [
+    "Check",
+    "Source",
+    "TelemetryKeywords",
+    "collect",
+    "describe_failure",
+    "expected_ranges",
+    "parse_percent",
+    "pick_source",
+    "probe_source",
+]
 
 
 def parse_percent(value: str | float | int, what: str = "max_loss") -> float:
@@ -24,120 +49,26 @@ def parse_percent(value: str | float | int, what: str = "max_loss") -> float:
     return pct
 
 
-@dataclass
-class Source:
-    """Where a fleet's telemetry is counted: a receiver's tracker, and since when it listened (loop time).
-
-    ``refresh`` (optional) brings the tracker up to date before each look, for receivers that are read
-    rather than pushed to (a backend's store).
-    """
-
-    name: str
-    tracker: TelemetryTracker
-    listening_since: float | None
-    refresh: Callable[[], Awaitable[None]] | None = None
-
-
 def probe_source(probe: MqttProbe) -> Source:
+    """What an MQTT test connection counts: its tracker, since its first subscription. Runs on the loop."""
     return Source(probe.alias, probe.tracker, probe.subscribed_at)
 
 
-def pick_probe(ctx: Context, source: str) -> MqttProbe:
-    probes: dict[str, MqttProbe] = ctx.services.setdefault("probes", {})
-    if source:
-        probe = probes.get(source)
-        if probe is None:
-            known = ", ".join(f"'{a}'" for a in probes) or "none"
-            raise KeywordError(
-                f"No receiver with alias '{source}' (connected: {known}); use Connect To MQTT "
-                "Broker and Subscribe To Topic first."
-            )
-        return probe
-    if "default" in probes:
-        return probes["default"]
-    if len(probes) == 1:
-        return next(iter(probes.values()))
-    if not probes:
-        raise KeywordError(
-            "No receiver is collecting telemetry: use Connect To MQTT Broker and Subscribe To "
-            "Topic before the fleet sends."
-        )
-    raise KeywordError(f"Several receivers are connected ({', '.join(probes)}); say which with source=.")
-
-
 def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
-    """The receiver named ``source``, or the default one for the fleet's protocol.
+    """The receiver named ``source``, or the one that can have heard ``fleet`` (see ``Receivers.pick``).
 
-    Names: an MQTT connection alias, ``coap`` (the local CoAP server), ``observe:<alias>`` (a CoAP
-    observation), ``iotflow`` (the local IoTFlow backend's store), ``kafka:<alias>`` (the Kafka subscriptions
-    of a Kafka connection). Without a name: the local CoAP server (or the only observation) for a CoAP fleet,
-    the IoTFlow backend for an IoTFlow fleet that sends over HTTP, the Kafka connection subscribed to the
-    fleet's topic for a Kafka fleet, the MQTT receiver otherwise; a CoAP, IoTFlow or Kafka fleet without its
-    receiver fails (an MQTT receiver cannot have seen its telemetry) and the message lists the receivers
-    there are.
+    The choice and the source are made on the loop (the fleet, trackers and subscription times live there);
+    when no receiver, or no single one, fits, the message names the ones there are.
     """
-    from iotix._robot.coap_keywords import coap_sources
-    from iotix._robot.iotflow_keywords import iotflow_sources
-    from iotix._robot.kafka_keywords import kafka_sources, kafka_topics_of
 
-    others = {**coap_sources(ctx), **iotflow_sources(ctx), **kafka_sources(ctx)}
-    if source:
-        if source in others:
-            return others[source]
-        if source in ctx.services.get("probes", {}):
-            return probe_source(pick_probe(ctx, source))
-        known = [*ctx.services.get("probes", {}), *others]
-        raise KeywordError(
-            f"No receiver named '{source}' (available: {', '.join(repr(k) for k in known) or 'none'}); connect "
-            "and subscribe an MQTT receiver, start a local CoAP server or IoTFlow backend, observe a resource, "
-            "or subscribe to a Kafka topic."
-        )
-    protocol = fleet.model.protocol
-    probes = ctx.services.get("probes", {})
-    available = ", ".join(repr(k) for k in [*probes, *others]) or "none"
-    if protocol == "coap":
-        if "coap" in others:
-            return others["coap"]
-        observed = [k for k in others if k.startswith("observe:")]
-        if len(observed) == 1:
-            return others[observed[0]]
-        if observed:
-            raise KeywordError(
-                f"Fleet '{fleet.name}' (coap): several CoAP observations could have collected its telemetry "
-                f"({', '.join(repr(k) for k in observed)}); say which with source=."
-            )
-        raise KeywordError(
-            f"Fleet '{fleet.name}' (coap): no CoAP receiver collects its telemetry (available: {available}); "
-            "start a local CoAP server or observe a resource, or name a receiver with source=."
-        )
-    connection = fleet.connection
-    if protocol == "kafka":
-        topic = connection.get("topic")
-        consuming = [name for name, topics in kafka_topics_of(ctx).items() if topic in topics]
-        if len(consuming) == 1:
-            return others[consuming[0]]
-        if consuming:
-            raise KeywordError(
-                f"Fleet '{fleet.name}' (kafka): several Kafka connections consume its topic '{topic}' "
-                f"({', '.join(repr(k) for k in consuming)}); say which with source=."
-            )
-        raise KeywordError(
-            f"Fleet '{fleet.name}' (kafka): no Kafka subscription consumes its topic '{topic}' (available: "
-            f"{available}); use Connect To Kafka and Subscribe To Kafka Topic, or name a receiver with source=."
-        )
-    if protocol == "http" and connection.get("flow") == "iotflow" and connection.get("telemetryOver") != "mqtt":
-        if "iotflow" in others:
-            return others["iotflow"]
-        raise KeywordError(
-            f"Fleet '{fleet.name}' (http, IoTFlow flow): no local IoTFlow backend collects its telemetry "
-            f"(available: {available}); start one with Start Local IoTFlow Backend, or name a receiver with source=."
-        )
-    if protocol == "http" and not probes:
-        raise KeywordError(
-            f"Fleet '{fleet.name}' (http): no receiver collects its telemetry (available: {available}); connect "
-            "and subscribe an MQTT receiver, start a local IoTFlow backend, or name one with source=."
-        )
-    return probe_source(pick_probe(ctx, source))
+    def pick() -> Source:
+        return ctx.receivers.pick(source, FleetView.of(fleet)).source()
+
+    try:
+        found: Source = ctx.call(pick)
+    except ReceiverError as err:
+        raise KeywordError(str(err)) from None
+    return found
 
 
 def expected_ranges(fleet: Fleet, source: Source) -> dict[str, tuple[int, int]]:
@@ -216,3 +147,67 @@ def describe_failure(
     suffix = f" ({', '.join(extra)})" if extra else ""
     lead = f"Fleet '{fleet}' " if problems[0].startswith("lost") else f"Fleet '{fleet}': "
     return lead + "; ".join(problems) + f"{suffix} [receiver '{source}']."
+
+
+class TelemetryKeywords(LibraryComponent):
+    """`Telemetry Should Be Received From Fleet`: a fleet's telemetry checked at any receiver."""
+
+    @keyword
+    def telemetry_should_be_received_from_fleet(
+        self,
+        fleet: str,
+        min_messages: int = 1,
+        max_loss: str = "0%",
+        timeout: timedelta = timedelta(seconds=30),
+        source: str = "",
+    ) -> TelemetryReportDict:
+        """Checks, per device of ``fleet``, that its telemetry arrived at the receiver ``source``.
+
+        Every message a device handed to its transport before this keyword started must arrive within
+        ``timeout``; sequence gaps count as lost. Passes when every device delivered at least
+        ``min_messages`` and the loss is at most ``max_loss`` (``0.1%``). Returns the report:
+
+        | =Key=               | =Value=                                                          |
+        | ``devices``         | devices of the fleet                                             |
+        | ``expected``        | messages the devices sent that the receiver could expect         |
+        | ``received``        | of those, how many arrived                                       |
+        | ``lost``            | what did not arrive (sequence gaps)                              |
+        | ``lossPercent``     | ``lost`` in percent of ``expected``                              |
+        | ``duplicates``      | messages that arrived more than once                             |
+        | ``outOfOrder``      | messages that arrived after a later one of their device          |
+        | ``silentDevices``   | devices of which nothing arrived                                 |
+        | ``invalidMessages`` | messages at the receiver that were not IoTix envelopes           |
+        | ``latencyMs``       | end-to-end latency (ms): ``count``, ``min``, ``mean``, percentiles, ``max`` |
+        | ``worstDevices``    | the devices that lost most (below)                               |
+
+        The percentiles of ``latencyMs`` are ``p50``, ``p90`` and ``p99``. Each of ``worstDevices`` has
+        ``deviceId``, ``lost``, ``received``, ``expected``, ``duplicates`` and ``firstMissing`` (the first
+        sequence numbers that did not arrive).
+
+        ``source`` names the receiver: the alias of a subscribed MQTT connection, ``coap`` (the local
+        CoAP server), ``observe:<alias>`` (a CoAP observation), ``iotflow`` (the local IoTFlow
+        backend's store) or ``kafka:<alias>`` (the Kafka subscriptions of a Kafka connection). By default:
+        the local CoAP server (or the only observation) for a CoAP fleet, the IoTFlow backend for an IoTFlow
+        fleet that sends over HTTP, the Kafka connection subscribed to a Kafka fleet's topic, else the MQTT
+        connection ``default`` (or the only one). An unknown name fails and lists the receivers there are.
+
+        | Telemetry Should Be Received From Fleet    env    min_messages=5    max_loss=0.1%
+        | Telemetry Should Be Received From Fleet    vans    source=kafka:default
+        """
+        max_pct = parse_percent(max_loss)
+        f = self.call(self.simulator.fleet, fleet)
+        src = pick_source(self.context, source, f)
+        limit = self.timeout_or_default(timeout)
+        check: Check = self.call_wait(collect, f, src, limit, min_messages, max_pct, limit=limit)
+        report = check.report
+        failure = describe_failure(fleet, report, max_pct, min_messages, src.name)
+        summary = cast(TelemetryReportDict, report.as_dict())
+        logger.info(
+            f"Fleet '{fleet}' via '{src.name}': {report.received:,} of {report.expected:,} expected "
+            f"messages arrived, {report.lost} lost, {report.duplicates} duplicates, "
+            f"{report.out_of_order} out of order; latency p50 {summary['latencyMs']['p50']} ms, "
+            f"p99 {summary['latencyMs']['p99']} ms."
+        )
+        if failure:
+            raise AssertionError(failure)
+        return summary

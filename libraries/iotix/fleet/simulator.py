@@ -13,6 +13,7 @@ from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import Device
 from iotix.fleet.fleet import Credentials, Fleet, FleetOptions
 from iotix.fleet.scheduler import DEFAULT_TICK_S, Scheduler
+from iotix.fleet.setup import FleetSetup
 from iotix.model.types import DeviceModel
 
 log = logging.getLogger("iotix.simulator")
@@ -56,11 +57,7 @@ class Simulator:
         options: FleetOptions | None = None,
         delivery: DeliverySettings | None = None,
     ) -> Fleet:
-        if name in self.fleets:
-            raise ConfigurationError(
-                f"A fleet named '{name}' already exists ({len(self.fleets[name].devices)} devices of model "
-                f"'{self.fleets[name].model.id}'); choose another name or delete it first."
-            )
+        self.check_name_free(name)
         taken = self.device_owner_map()
         clash = [d for d in device_ids if d in taken]
         if clash:
@@ -82,6 +79,40 @@ class Simulator:
         self.fleets[name] = fleet
         self._ensure_periodic()
         return fleet
+
+    def free_name(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``, ... : the first that no fleet has."""
+        if base not in self.fleets:
+            return base
+        i = 2
+        while f"{base}-{i}" in self.fleets:
+            i += 1
+        return f"{base}-{i}"
+
+    def build_fleet(self, model: DeviceModel, setup: FleetSetup) -> Fleet:
+        """Create a fleet of ``model`` as ``setup`` says (free name, ids, connection with overrides)."""
+        connection, credentials, delivery = setup.resolve(model)
+        name = setup.name or self.free_name(model.id)
+        return self.create_fleet(
+            name,
+            model,
+            setup.ids(name, model),
+            seed=setup.seed,
+            connection=connection,
+            credentials=credentials,
+            options=setup.options,
+            delivery=delivery,
+        )
+
+    def check_name_free(self, name: str) -> None:
+        if name in self.fleets:
+            raise ConfigurationError(
+                f"A fleet named '{name}' already exists ({len(self.fleets[name].devices)} devices of model "
+                f"'{self.fleets[name].model.id}'); choose another name or delete it first."
+            )
+
+    def fleet_names(self) -> list[str]:
+        return list(self.fleets)
 
     def fleet(self, name: str) -> Fleet:
         try:

@@ -337,6 +337,12 @@ class ModelRegistry:
         except KeyError:
             raise UnknownModelError(model_id, self.ids) from None
 
+    def resolve(self, ref: str) -> DeviceModel:
+        """A model by id, or by the path of a model file (``.json``, ``.yaml``, ``.yml``), loaded on the way."""
+        if ref.endswith((".json", ".yaml", ".yml")) and Path(ref).is_file():
+            return self.get(self.load(Path(ref))[0])
+        return self.get(ref)
+
     def __getitem__(self, model_id: str) -> DeviceModel:
         return self.get(model_id)
 

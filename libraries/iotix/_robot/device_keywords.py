@@ -1,0 +1,97 @@
+"""DeviceFleet component: single devices (status, telemetry overrides, received commands)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from robot.api.deco import keyword
+
+from iotix._robot.component import LibraryComponent
+from iotix._robot.context import KeywordError
+from iotix._robot.types import DeviceStatus, ReceivedCommand
+from iotix.errors import ConfigurationError
+from iotix.fleet.device import Device
+
+
+class DeviceKeywords(LibraryComponent):
+    """One device of any fleet, by its id."""
+
+    @keyword
+    def get_device_status(self, device_id: str) -> DeviceStatus:
+        """Returns one device's state, counters and last error.
+
+        | =Key= | =Value= |
+        | ``deviceId``, ``fleet``, ``index`` | which device |
+        | ``state`` | ``created``, ``connecting``, ``running``, ``reconnecting``, ``dropped``, ``stopped``, ``error`` |
+        | ``messagesSent``, ``messagesAcked``, ``messagesFailed`` | as in `Get Fleet Stats`, for this device |
+        | ``messagesDropped``, ``messagesQueued`` | as in `Get Fleet Stats`, for this device |
+        | ``retries``, ``bytesSent`` | request retries, payload bytes handed over |
+        | ``connects``, ``disconnects``, ``reconnects``, ``connectFailures`` | connection events |
+        | ``nextSeq`` | the ``seq`` of the device's next telemetry envelope |
+        | ``lastError`` | the last thing that went wrong (None if nothing did) |
+        | ``commandsReceived`` | commands that reached the device |
+        | ``port``, ``url`` | only a CoAP device in server mode: where it answers (``coap://host:port``) |
+
+        | ${status} =    Get Device Status    env-0
+        | Observe CoAP Resource    ${status}[url]/telemetry
+        """
+        sim = self.simulator
+
+        def status() -> dict[str, Any]:
+            device = sim.find_device(device_id)
+            return device.fleet.device_status(device)
+
+        return self.call(status)
+
+    @keyword
+    def set_telemetry_override(self, device_id: str, field: str, value: Any) -> None:
+        """Forces ``field`` of a device to ``value`` until `Clear Telemetry Override`.
+
+        Use it to make a behavior fire (heart rate 130 triggers the ECG arrhythmia alert). The value is
+        converted to the field's type; the generator keeps running underneath.
+
+        | Set Telemetry Override    ecg-0    heartRate    130
+        """
+        device = self._device_with_field(device_id, field)
+
+        def override() -> None:
+            try:
+                device.values.set_override(field, value)
+            except ConfigurationError as err:
+                field_type = device.fleet.model.get_field(field).type
+                raise KeywordError(
+                    f"Cannot override '{field}' of device '{device_id}' with {value!r}: {err} "
+                    f"(the field is of type {field_type})."
+                ) from None
+
+        self.call(override)
+
+    @keyword
+    def clear_telemetry_override(self, device_id: str, field: str) -> None:
+        """Lets ``field`` of a device follow its generator again (nothing happens if it has no override)."""
+        device = self._device_with_field(device_id, field)
+        self.call(device.values.clear_override, field)
+
+    def _device_with_field(self, device_id: str, field: str) -> Device:
+        device = self.device(device_id)
+        model = device.fleet.model  # immutable
+        if field not in model.field_names:
+            raise KeywordError(
+                f"Device '{device_id}' (model '{model.id}') has no telemetry field "
+                f"'{field}'; fields: {', '.join(model.field_names)}."
+            )
+        return device
+
+    @keyword
+    def get_received_commands(self, device_id: str) -> list[ReceivedCommand]:
+        """Returns the commands the device received, oldest first.
+
+        | =Key= | =Value= |
+        | ``command`` | the command's name |
+        | ``parameters`` | its parameters (a dictionary) |
+        | ``topic`` | where it arrived |
+        | ``receivedAt`` | when (UTC, ISO 8601) |
+        | ``status`` | ``ok`` or ``error`` |
+        """
+        device = self.device(device_id)
+        return self.call(lambda: [dict(c) for c in device.commands or []])

@@ -1,0 +1,308 @@
+"""DeviceFleet components: device models, and fleets (create, start, wait, stop, delete, query)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from robot.api import logger
+from robot.api.deco import keyword
+from robot.api.types import Secret
+
+from iotix._robot.component import LibraryComponent
+from iotix._robot.convert import seconds
+from iotix._robot.types import FleetStats
+from iotix.errors import error_context
+from iotix.fleet.device import DeviceState
+from iotix.fleet.fleet import FleetOptions
+from iotix.fleet.setup import ConnectionOverrides, FleetSetup
+from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
+
+#: Long waits print their progress to the console this often.
+PROGRESS_EVERY_S = 5.0
+
+
+class ModelKeywords(LibraryComponent):
+    """Loading device models."""
+
+    @keyword
+    def load_device_models(self, path: Path) -> list[str]:
+        """Loads device models from a JSON/YAML file or a folder of them; returns their ids.
+
+        Every file is validated; a broken file fails the keyword with every problem listed (file,
+        field path, what was expected). Models already loaded stay loaded.
+
+        | ${ids} =    Load Device Models    ${CURDIR}/../models
+        | Should Contain    ${ids}    environmental-sensor-v1
+        """
+        ids = self.models.load(path)
+        logger.info(f"Loaded {len(ids)} model(s) from {path}: {', '.join(ids)}")
+        return ids
+
+
+class FleetKeywords(LibraryComponent):
+    """Fleets: create, start, wait until running, stop, delete, and their counters."""
+
+    @keyword
+    def create_fleet(
+        self,
+        model: str,
+        count: int = 1,
+        name: str = "",
+        id_pattern: str = "",
+        seed: int | None = None,
+        host: str = "",
+        port: int | None = None,
+        username: str = "",
+        password: Secret = None,  # not "Secret | None": with a union Robot echoes a plain-text value in its error
+        qos: int | None = None,
+        offline_queue_size: int = 1000,
+        reconnect_base: timedelta = timedelta(seconds=0.5),
+        reconnect_cap: timedelta = timedelta(seconds=30),
+        tls_dir: str = "",
+        max_retries: int | None = None,
+        circuit_threshold: int | None = None,
+        circuit_cooldown: timedelta | None = None,
+        error_threshold: int | None = None,
+        transmission_log: int = 100,
+    ) -> str:
+        """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
+
+        - ``model``: a loaded model id (see `Load Device Models`) or a path to a model file.
+        - ``name``: defaults to the model id (``-2``, ``-3``, ... appended when taken).
+        - ``id_pattern``: device ids, ``{index}`` 0-based, ``{n}`` 1-based, ``{fleet}``, ``{model}``;
+          format specs work (``env-{index:05d}``). Default ``<name>-{index}``.
+        - ``seed``: makes every generated value reproducible (default 0).
+        - ``host``, ``port``, ``username``, ``password`` (a ``Secret``), ``qos``: override the model's
+          ``connection``.
+        - ``offline_queue_size``: QoS 1/2 readings kept per device while it reconnects; beyond that they
+          are dropped and counted in ``messagesDropped``.
+        - ``reconnect_base``, ``reconnect_cap``: exponential backoff with full jitter after a lost connection.
+        - ``tls_dir``: the directory where the relative paths of the model's ``connection.tls`` resolve
+          (``certs/${deviceId}.pem``); default: the model file's directory.
+        - ``max_retries``, ``circuit_threshold``, ``circuit_cooldown``, ``error_threshold``: override the
+          model's ``connection.retry.maxRetries``, ``connection.circuitBreaker`` and
+          ``connection.errorThreshold`` (HTTP, CoAP CON and Kafka sends; see `Circuit Should Be`).
+        - ``transmission_log``: entries kept per device for `Get Transmission Log` (0: none).
+
+        The fleet is deleted when the suite that created it ends.
+
+        | ${fleet} =    Create Fleet    environmental-sensor-v1    count=100    id_pattern=env-{index:03d}
+        | ...    host=${BROKER}[host]    port=${BROKER}[port]
+        """
+        m = self.models.resolve(model)
+        setup = FleetSetup(
+            name=name,
+            count=count,
+            id_pattern=id_pattern,
+            seed=seed,
+            connection=ConnectionOverrides(
+                host=host,
+                port=port,
+                qos=qos,
+                username=username,
+                password=password.value if password is not None else None,
+            ),
+            options=FleetOptions(
+                offline_queue_size=offline_queue_size,
+                reconnect_base_s=seconds(reconnect_base),
+                reconnect_cap_s=seconds(reconnect_cap),
+                tls_dir=tls_dir or None,
+            ),
+            delivery={
+                "max_retries": max_retries,
+                "circuit_threshold": circuit_threshold,
+                "circuit_cooldown_s": seconds(circuit_cooldown) if circuit_cooldown is not None else None,
+                "error_threshold": error_threshold,
+                "log_size": transmission_log,
+            },
+        )
+        with error_context(f"Create Fleet of model '{m.id}'"):
+            setup.resolve(m)  # the model's retry/breaker settings with the overrides: fail before the loop
+        sim = self.simulator
+
+        def create() -> tuple[str, str, list[str]]:
+            fleet = sim.build_fleet(m, setup)
+            return fleet.name, fleet.target, fleet.device_ids()
+
+        fleet_name, target, ids = self.call(create)
+        self.own_fleet(fleet_name)
+        logger.info(
+            f"Created fleet '{fleet_name}': {len(ids)} x {m.id} ({m.protocol}) -> {target}; "
+            f"ids {ids[0] if ids else '-'} .. {ids[-1] if ids else '-'}"
+        )
+        return fleet_name
+
+    @keyword
+    def start_fleet(
+        self,
+        name: str,
+        strategy: LaunchStrategy = LaunchStrategy.IMMEDIATE,
+        delay: timedelta = timedelta(0),
+        batch_size: int = 100,
+        max_delay: timedelta = timedelta(seconds=60),
+        exponent_base: float = 1.5,
+    ) -> None:
+        """Starts connecting the fleet's devices following a launch strategy; returns at once.
+
+        - ``immediate``: all at once (connection attempts are still bounded per fleet).
+        - ``linear``: one device every ``delay``.
+        - ``batch``: ``batch_size`` devices, then ``delay``, then the next batch.
+        - ``exponential``: the gap before device i is ``delay * exponent_base^(i-1)``, at most ``max_delay``.
+
+        Use `Wait Until Fleet Is Running` to wait for the devices to connect.
+
+        | Start Fleet    env    strategy=batch    batch_size=100    delay=1s
+        """
+        fleet = self.checked_fleet(name)
+        with error_context(f"Fleet '{name}'"):
+            settings = LaunchSettings(
+                strategy=strategy,
+                delay_ms=seconds(delay) * 1000,
+                batch_size=batch_size,
+                max_delay_ms=seconds(max_delay) * 1000,
+                exponent_base=exponent_base,
+            )
+
+        def start() -> int:
+            fleet.start(settings)
+            return len(fleet.devices)
+
+        count = self.call(start)
+        logger.info(f"Fleet '{name}': launch of {count} devices scheduled ({strategy.value}).")
+
+    @keyword
+    def wait_until_fleet_is_running(self, name: str, timeout: timedelta | None = None) -> None:
+        """Waits until every device of the fleet is connected and sending.
+
+        ``timeout`` defaults to the library's ``timeout`` (30 seconds unless set at import). Fails after it
+        with how many devices are not running and why (their last errors), and at once when the fleet was
+        never started or has been stopped. A long wait reports its progress on the console every 5 seconds.
+
+        | Wait Until Fleet Is Running    env    timeout=1 minute
+        """
+        fleet = self.checked_fleet(name)
+        limit = self.timeout_or_default(timeout)
+
+        def not_started() -> str | None:  # nothing would ever connect: fail now, not after the timeout
+            if fleet.state == "created":
+                return f"Fleet '{name}' was never started: use Start Fleet first."
+            if fleet.state == "stopped":
+                return f"Fleet '{name}' is stopped: use Start Fleet first."
+            return None
+
+        problem = self.call(not_started)
+        if problem:
+            raise AssertionError(problem)
+        started = time.monotonic()
+        while True:  # in slices, so that a long launch shows its progress on the console
+            remaining = limit - (time.monotonic() - started)
+            if self.call_wait(fleet.wait_until_running, max(0.0, min(PROGRESS_EVERY_S, remaining)), limit=limit):
+                count = self.call(lambda: len(fleet.devices))
+                logger.info(f"Fleet '{name}': all {count} devices running.")
+                return
+            if time.monotonic() - started >= limit:
+                raise AssertionError(self.call(fleet.not_running_report, limit))
+            running, total, launched = self.call(fleet.launch_progress)
+            progress = (
+                f"Fleet '{name}': {running:,} of {total:,} devices running after "
+                f"{time.monotonic() - started:.0f} s (launched {launched:,})."
+            )
+            logger.info(progress)
+            logger.console(progress)
+
+    @keyword
+    def stop_fleet(self, name: str) -> None:
+        """Stops every device of the fleet (graceful MQTT DISCONNECT). Counters stay readable.
+
+        The fleet can be started again with `Start Fleet`.
+        """
+        fleet = self.fleet(name)
+
+        async def stop() -> dict[str, Any]:
+            await fleet.stop()
+            return fleet.stats()
+
+        stats = self.call(stop)
+        logger.info(
+            f"Fleet '{name}' stopped: {stats['messagesSent']} messages sent, "
+            f"{stats['messagesFailed']} failed, {stats['messagesDropped']} dropped."
+        )
+
+    @keyword
+    def delete_fleet(self, name: str) -> None:
+        """Stops the fleet and forgets it; its name and device ids become free again."""
+        self.call(self.simulator.delete_fleet, name)
+        self.context.disown(f"fleet '{name}'")
+
+    @keyword
+    def get_fleets(self) -> list[str]:
+        """Returns the names of the fleets of this process."""
+        return self.call(self.simulator.fleet_names)
+
+    @keyword
+    def get_fleet_stats(self, name: str) -> FleetStats:
+        """Returns the fleet's counters as a dictionary.
+
+        | =Key= | =Value= |
+        | ``fleet``, ``model``, ``protocol``, ``target`` | what the fleet is and where it sends |
+        | ``state`` | ``created``, ``starting``, ``running`` or ``stopped`` |
+        | ``deviceCount``, ``runningDeviceCount``, ``launchedDeviceCount`` | devices, of them running, launched |
+        | ``states`` | devices per state (``created``, ``connecting``, ``running``, ...) |
+        | ``messagesSent`` | handed to the transport (each envelope's ``seq`` counts these per device) |
+        | ``messagesAcked`` | acknowledged: MQTT QoS 1/2 PUBACK, HTTP success, CoAP 2.xx, Kafka broker ack |
+        | ``messagesFailed`` | not delivered, after retries |
+        | ``messagesDropped`` | produced while offline and not kept (QoS 0, or a full offline queue) |
+        | ``messagesQueued`` | kept for after a reconnect |
+        | ``bytesSent`` | payload bytes handed over |
+        | ``connects``, ``disconnects``, ``reconnects``, ``connectFailures`` | connection events |
+        | ``commandsReceived``, ``behaviorsFired`` | commands that reached devices, behaviors that fired |
+        | ``dropoutSteps``, ``dropoutStepsDone`` | the current dropout (see Chaos) |
+        | ``circuitState``, ``circuitOpens`` | the circuit breaker (``disabled`` when there is none) |
+        | ``retries``, ``failuresByReason`` | request retries, final failures per reason code |
+        | ``devicesEnteredError``, ``devicesRecovered`` | devices that went to state error and came back |
+        | ``sendLatenessMs`` | how late sends ran against their schedule: ``count``, ``p50``, ``p99``, ``max``, ... |
+        | ``transport`` | protocol details, e.g. ``requestLatencyMs`` for HTTP and CoAP |
+
+        | ${stats} =    Get Fleet Stats    env
+        | Should Be True    ${stats}[messagesSent] > 0
+        """
+        fleet = self.checked_fleet(name)
+        return self.call(fleet.stats)
+
+    @keyword
+    def get_devices(self, name: str, state: DeviceState | None = None) -> list[str]:
+        """Returns the ids of the fleet's devices, optionally only those in ``state``.
+
+        States: ``created``, ``connecting``, ``running``, ``reconnecting``, ``dropped``, ``stopped``, ``error``.
+        """
+        fleet = self.checked_fleet(name)
+        return self.call(fleet.device_ids, state)
+
+    @keyword
+    def devices_in_state_should_be(
+        self, name: str, state: DeviceState, count: int, timeout: timedelta = timedelta(0)
+    ) -> None:
+        """Fails unless exactly ``count`` devices of fleet ``name`` are in ``state``.
+
+        With a ``timeout``, waits up to that long; without one it checks once (an assertion: the library's
+        default timeout does not apply). The message lists the states of all devices and the last errors of
+        a few devices in state ``error``.
+
+        | Devices In State Should Be    ${fleet}    error    0
+        | Devices In State Should Be    ${fleet}    running    20    timeout=15s
+        """
+        fleet = self.checked_fleet(name)
+
+        def message() -> str:
+            counts = {k: v for k, v in fleet.count_states().items() if v}
+            errors = [f"{device_id}: {error}" for device_id, error in fleet.devices_in_error(3)]
+            detail = f"; in error: {'; '.join(errors)}" if errors else ""
+            return (
+                f"Fleet '{name}' has {counts.get(state.value, 0)} devices in state {state.value}, "
+                f"expected {count} (states: {counts}){detail}"
+            )
+
+        self.poll_until(seconds(timeout), lambda: fleet.count_in(state) == count, message)
