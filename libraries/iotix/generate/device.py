@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotix.errors import NotFoundError
 from iotix.generate._values import coerce_value
 from iotix.generate.base import Generator
 from iotix.generate.factory import build_generator, needs_rng
 from iotix.generate.rng import device_rng
-from iotix.model.types import DeviceModel
+
+if TYPE_CHECKING:
+    # Only for annotations: a model is read through its attributes. iotix.model imports iotix.generate at
+    # run time (model checks validate generator parameters with ``check_generator``).
+    from iotix.model.types import DeviceModel
 
 
 class _UnusedRandom(random.Random):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from iotix.behavior import ConditionError, TemplateError, compile_condition, compile_template
+from iotix.generate import check_generator
 from iotix.model.errors import Problem
 from iotix.model.schema_errors import PathParts, format_path, show
 
@@ -388,8 +389,6 @@ def _handler_field_type(generator: dict[str, Any]) -> str | None:
 
 
 def _check_generator(spec: dict[str, Any], field_type: str, base_dir: Path | None) -> list[Problem]:
-    from iotix.generate import check_generator  # lazy: iotix.generate imports iotix.model
-
     try:
         return list(check_generator(spec, field_type, base_dir))
     except Exception as exc:  # a bug in a checker must still end as a model problem, not a traceback
