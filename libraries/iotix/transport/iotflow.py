@@ -288,7 +288,6 @@ class HybridIoTFlowTransport(IoTFlowTransport):
         if conn.mqtt is None:
             conn.mqtt = await self._new_mqtt_client(link, conn)
         assert conn.broker is not None
-        conn.mqtt.intentional_close = False
         try:
             await conn.mqtt.open(*conn.broker, keepalive=self.keepalive, timeout=self.timeout)
         except TransportError as err:
@@ -326,14 +325,14 @@ class HybridIoTFlowTransport(IoTFlowTransport):
         await super().disconnect(link)  # heartbeats stop; requests already handed over still go out
         conn: HybridConn | None = link.conn
         if conn is not None and conn.mqtt is not None:
-            conn.mqtt.intentional_close = True
+            conn.mqtt.close_reported = True
             conn.mqtt.close_gracefully()
 
     def drop(self, link: Link) -> None:
         super().drop(link)
         conn: HybridConn | None = link.conn
         if conn is not None and conn.mqtt is not None:
-            conn.mqtt.intentional_close = True
+            conn.mqtt.close_reported = True
             conn.mqtt.abort()
 
     # -- sending ------------------------------------------------------------------------------------------

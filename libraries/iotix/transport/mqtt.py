@@ -30,9 +30,9 @@ def _on_connect(client: LoopClient, link: Link, flags: Any, reason_code: Any, pr
 
 
 def _on_disconnect(client: LoopClient, link: Link, flags: Any, reason_code: Any, properties: Any) -> None:
-    client.connection_failed(str(reason_code))
-    if client.intentional_close:
-        return
+    if client.connection_failed(str(reason_code)) or client.close_reported:
+        return  # a failed attempt (connect raises), a close the owner made, or a loss already reported
+    client.close_reported = True  # paho may report one keep-alive timeout twice
     client.outcomes.connection_lost(link, f"connection lost ({reason_code})")
 
 
@@ -51,7 +51,7 @@ def watch_device_client(client: LoopClient, outcomes: Outcomes, *, count_acks: b
     """Route a device's client events to ``outcomes``: CONNACK and disconnects, and PUBACKs when ``count_acks``.
 
     The client's ``userdata`` must be the device's :class:`Link`; an unexpected disconnect is reported as
-    ``connection_lost`` unless ``client.intentional_close`` is set. Used by adapters that open an MQTT
+    ``connection_lost`` (once) unless ``client.close_reported`` is set. Used by adapters that open an MQTT
     connection for a device of another protocol (the hybrid IoTFlow devices of the HTTP adapter).
     """
     client.outcomes = outcomes
@@ -188,7 +188,6 @@ class MqttTransport(Transport):
         client: LoopClient | None = link.conn
         if client is None:
             client = link.conn = self._new_client(link)
-        client.intentional_close = False
         try:
             tls = self.tls.for_device(link) if self.tls is not None else None
             await client.open(
@@ -225,7 +224,7 @@ class MqttTransport(Transport):
         if info.rc != OK:
             self.outcomes.not_sent(link, f"publish failed: {info.rc}")
             return False
-        if topic is not None and qos > 0:  # not telemetry: keep its acknowledgement out of messagesAcked
+        if topic is not None and qos > 0 and self.qos > 0:  # not telemetry: keep its ack out of messagesAcked
             if client.side_mids is None:
                 client.side_mids = set()
             client.side_mids.add(info.mid)
@@ -246,14 +245,14 @@ class MqttTransport(Transport):
         client: LoopClient | None = link.conn
         if client is None:
             return
-        client.intentional_close = True
+        client.close_reported = True
         client.close_gracefully()
 
     def drop(self, link: Link) -> None:
         client: LoopClient | None = link.conn
         if client is None:
             return
-        client.intentional_close = True
+        client.close_reported = True
         client.abort()
 
     def periodic(self, now: float) -> None:

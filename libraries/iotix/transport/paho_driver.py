@@ -154,7 +154,8 @@ class LoopClient(mqtt.Client):
         self._pending: bytes | bytearray | None = None  # corked QoS 0 packets (see Corker)
         self.side_mids: set[int] | None = None  # mids of QoS 1/2 messages that are not telemetry
         self.outcomes: Any = None  # where the owning transport's callbacks report (iotix.transport.base.Outcomes)
-        self.intentional_close = False  # the owner closed the connection: do not report it as lost
+        #: the end of the current connection is accounted for (the owner closed it, or it was reported lost once)
+        self.close_reported = False
         self._corker = corker_for(loop)
         self._clean_start = clean_session
         self._connack: asyncio.Future[Any] | None = None
@@ -232,9 +233,11 @@ class LoopClient(mqtt.Client):
     ) -> None:
         """Connect TCP (and TLS with ``tls``), send CONNECT and wait for CONNACK; each within ``timeout``.
 
-        Raises :class:`TransportError` naming the broker and the reason.
+        Raises :class:`TransportError` naming the broker and the reason. Until it returns, the end of the
+        connection is not reported as lost (:attr:`close_reported`): a failed attempt raises instead.
         """
         loop = self._aio_loop
+        self.close_reported = True
         if self._host != host or self._port != port or self._keepalive != keepalive:
             self.connect_async(
                 host,
@@ -297,6 +300,9 @@ class LoopClient(mqtt.Client):
         if reason is not None and getattr(reason, "is_failure", False):
             self.abort()
             raise TransportError(f"broker {target} refused the connection: {reason}")
+        if self._sock is None:  # closed between CONNACK and now: nobody would report it
+            raise TransportError(f"broker {target} closed the connection right after CONNACK")
+        self.close_reported = False
 
     async def _handshake(
         self, tls: ClientTls, sock: socket.socket, host: str, target: str, timeout: float
@@ -339,15 +345,18 @@ class LoopClient(mqtt.Client):
         if fut is not None and not fut.done():
             fut.set_result(reason_code)
 
-    def connection_failed(self, reason: str) -> None:
-        """To be called from ``on_disconnect`` while CONNECT is pending."""
+    def connection_failed(self, reason: str) -> bool:
+        """To be called from ``on_disconnect``: True when a CONNECT was pending (the attempt fails with the reason;
+        no established connection was lost)."""
         fut = self._connack
-        if fut is not None and not fut.done():
-            if self._tls is not None:
-                target = f"{self._host}:{self._port}"
-                fut.set_exception(TransportError(self._tls_message(target, self._tls_failure)))
-            else:
-                fut.set_exception(TransportError(f"connection closed before CONNACK: {reason}"))
+        if fut is None or fut.done():
+            return False
+        if self._tls is not None:
+            target = f"{self._host}:{self._port}"
+            fut.set_exception(TransportError(self._tls_message(target, self._tls_failure)))
+        else:
+            fut.set_exception(TransportError(f"connection closed before CONNACK: {reason}"))
+        return True
 
     def topic_field(self, topic: str) -> bytes:
         """The encoded topic part of a QoS 0 PUBLISH (with the empty property block of MQTT 5)."""
