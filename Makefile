@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 # pabot starts `robot` from PATH: the venv's bin must come first.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all install demo test unit acceptance acceptance-pabot lint libdoc bench clean
+.PHONY: all install demo test unit dryrun acceptance acceptance-pabot lint libdoc bench clean \
+        system-packages-demo system-packages-test
 
 all: test
 
@@ -18,11 +19,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/iotix validate models
+# The system packages each command needs (mosquitto, mosquitto-clients, libcoap3-bin; python3-venv until .venv
+# exists), checked first: installed with apt-get when root, otherwise one message names each missing package and
+# the command that installs it, and nothing runs. See tools/system-packages.sh.
+system-packages-demo system-packages-test:
+	@PYTHON='$(PYTHON)' VENV='$(VENV)' bash tools/system-packages.sh $(@:system-packages-%=%)
+
+demo: system-packages-demo $(STAMP)
+	$(BIN)/iotix validate models models/scenarios
 	$(BIN)/robot --outputdir results --xunit xunit.xml suites/demo
 
-test: $(STAMP) lint unit acceptance acceptance-pabot
+test: system-packages-test $(STAMP) lint unit dryrun acceptance acceptance-pabot
 
 lint: $(STAMP)
 	$(BIN)/ruff check libraries tests tools
@@ -30,6 +37,10 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests
+
+# Every suite in Robot's dry run: keyword names, argument counts and conversions, imports; no test runs.
+dryrun: $(STAMP)
+	$(BIN)/robot --dryrun --outputdir results/dryrun suites
 
 acceptance: $(STAMP)
 	$(BIN)/robot --outputdir results/acceptance --xunit xunit.xml suites/acceptance
