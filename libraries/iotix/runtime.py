@@ -10,7 +10,9 @@ keyword runs, but a fleet must keep publishing during ``Sleep`` and between keyw
   before it is re-raised, so nothing keeps running behind the user's back;
 - calling it from the loop thread itself is an error (it would deadlock);
 - the loop is created on first use, never at import time (libdoc and ``--dryrun`` start nothing), and
-  stopped with its thread joined at interpreter exit.
+  stopped with its thread joined at interpreter exit;
+- when it starts, the soft open-file limit is raised to the hard limit (:mod:`iotix.fdlimit`): a plain
+  ``robot`` run often inherits a soft limit of 1,024, and every device socket is a file descriptor.
 
 Robot silently drops log messages written from other threads, so the core logs with :mod:`logging` and
 :class:`LogBuffer` keeps the records until the Robot side flushes them from the main thread.
@@ -29,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from iotix.errors import IoTixError
+from iotix.fdlimit import raise_soft_limit
 
 T = TypeVar("T")
 log = logging.getLogger("iotix.runtime")
@@ -95,6 +98,7 @@ class Runtime:
                 return
             if self._stopped:
                 raise RuntimeCallError("The IoTix runtime has been shut down; no more calls are possible.")
+            raise_soft_limit()
             ready = threading.Event()
             loop = asyncio.new_event_loop()
 

@@ -53,7 +53,7 @@ def test_ids_follow_the_pattern_or_the_fleet_name_unless_given(model) -> None:  
         "simple-temperature-02",
     ]
     assert FleetSetup(device_ids=["a", "b"]).ids("temp", model) == ["a", "b"]
-    with pytest.raises(ConfigurationError, match=r"^count must be >= 0, got -1\.$"):
+    with pytest.raises(ConfigurationError, match=r"^count must be at least 1, got -1\.$"):
         FleetSetup(count=-1)
 
 
@@ -113,3 +113,31 @@ def test_cells_a_spreadsheet_would_run_are_neutralised(tmp_path: Path) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     assert count == 1 and lines[0] == ",".join(DEVICE_COLUMNS)
     assert lines[1].startswith("'@evil,,m,,running,")
+
+
+def test_a_fleet_of_no_devices_is_refused() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"^count must be at least 1, got 0: a fleet of no devices would start"
+    ):
+        FleetSetup(count=0)
+    with pytest.raises(ConfigurationError, match=r"^no device ids given: a fleet of no devices would test nothing\.$"):
+        FleetSetup(device_ids=[])
+
+
+@pytest.mark.parametrize("port", [108807, 70000, 65536, 0, -1])
+def test_a_port_outside_1_to_65535_is_refused_naming_it(port: int) -> None:
+    # getaddrinfo takes the port modulo 65536: 108807 would dial 43271, 70000 would dial 4464.
+    with pytest.raises(ConfigurationError, match=rf"^port must be a port number between 1 and 65535, got {port}\.$"):
+        ConnectionOverrides(port=port)
+
+
+def test_the_edge_ports_are_accepted() -> None:
+    assert ConnectionOverrides(port=1).apply({})["port"] == 1
+    assert ConnectionOverrides(port=65535).apply({})["port"] == 65535
+
+
+def test_a_device_csv_with_a_header_only_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("deviceId,model\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match=r"empty\.csv' has no devices \(a header line only\)"):
+        read_device_table(empty)

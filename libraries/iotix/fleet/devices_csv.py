@@ -84,6 +84,10 @@ def read_device_table(path: Path) -> DeviceTable:
         columns = tuple(reader.fieldnames or ())
     if "deviceId" not in columns:
         raise ConfigurationError(f"Device CSV '{path}' needs a 'deviceId' column; it has: {', '.join(columns)}.")
+    if not rows:
+        raise ConfigurationError(
+            f"Device CSV '{path}' has no devices (a header line only): a fleet of no devices would test nothing."
+        )
     table = DeviceTable(path, columns, rows)
     blank = [i + 2 for i, d in enumerate(table.ids) if not d]
     if blank:

@@ -17,6 +17,7 @@ from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.fleet import FleetOptions, format_device_id
 from iotix.model.types import DeviceModel
 from iotix.transport import Credentials
+from iotix.transport.base import check_port
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class ConnectionOverrides:
     def __post_init__(self) -> None:
         if self.qos is not None and self.qos not in (0, 1, 2):
             raise ConfigurationError(f"qos must be 0, 1 or 2, got {self.qos}.")
+        if self.port is not None:
+            check_port(self.port)
 
     def apply(self, connection: Mapping[str, Any]) -> dict[str, Any]:
         """The model's connection with these overrides (a given ``host`` replaces the model's ``broker``)."""
@@ -74,8 +77,11 @@ class FleetSetup:
     delivery: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.device_ids is None and self.count < 0:
-            raise ConfigurationError(f"count must be >= 0, got {self.count}.")
+        if self.device_ids is None and self.count < 1:
+            why = ": a fleet of no devices would start, run and pass while testing nothing" if self.count == 0 else ""
+            raise ConfigurationError(f"count must be at least 1, got {self.count}{why}.")
+        if self.device_ids is not None and not self.device_ids:
+            raise ConfigurationError("no device ids given: a fleet of no devices would test nothing.")
 
     def resolve(self, model: DeviceModel) -> tuple[dict[str, Any], Credentials, DeliverySettings]:
         """The fleet's connection, login and delivery settings (pure: no simulator needed)."""

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iotix.errors import ConfigurationError, NotFoundError
+from iotix.fdlimit import check_descriptors
 from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import Device
 from iotix.fleet.fleet import Credentials, Fleet, FleetOptions
@@ -76,6 +77,9 @@ class Simulator:
             options=options,
             delivery=delivery,
         )
+        # Before any device connects: a fleet that cannot have its sockets fails now, not device by device.
+        pending = sum(f.transport.descriptors() for f in self.fleets.values() if f.state == "created")
+        check_descriptors(name, len(fleet.devices), fleet.transport.descriptors(), pending)
         self.fleets[name] = fleet
         self._ensure_periodic()
         return fleet

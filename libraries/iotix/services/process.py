@@ -31,6 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 from iotix.errors import IoTixError
+from iotix.fdlimit import raise_soft_limit
 
 __all__ = [
     "LOCALHOST",
@@ -378,6 +379,8 @@ class ManagedProcess:
             return self
 
     def _spawn(self) -> None:
+        # A server inherits our open-file limit and Mosquitto does not raise its own: one socket per device.
+        raise_soft_limit()
         log_path = self.log_path
         with log_path.open("ab") as log:
             self._log_offset = log.tell()

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from iotix.errors import IoTixError
+from iotix.errors import ConfigurationError, IoTixError
 
 if TYPE_CHECKING:
     from iotix.model.types import DeviceModel
@@ -45,6 +45,16 @@ if TYPE_CHECKING:
 
 class TransportError(IoTixError):
     """A connection or send failed; the message names the target and the reason."""
+
+
+def check_port(port: int, what: str = "port") -> int:
+    """``port`` if it is a TCP/UDP port (1-65535), else a :class:`ConfigurationError` naming the value.
+
+    Checked before anything connects: the resolver takes a port modulo 65536, so ``108807`` would dial 43271.
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigurationError(f"{what} must be a port number between 1 and 65535, got {port!r}.")
+    return port
 
 
 class Credentials:
@@ -132,7 +142,9 @@ class Outcomes(Protocol):
         ...
 
     def command_received(self, link: Link, name: str, payload: bytes, where: str) -> str:
-        """A command arrived for the device; returns its status (``ok`` or ``error``) once applied."""
+        """A command arrived for the device; returns its status once applied: ``ok``, ``error``, or ``accepted``
+        for a command the device carries out in the background (updateFirmware), which reports its result
+        on the command's response topic later."""
         ...
 
     def problem(self, message: str) -> None:
@@ -217,6 +229,14 @@ class Transport(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release fleet-wide resources (pools, sockets). Devices are already disconnected."""
+
+    def descriptors(self) -> int:
+        """File descriptors (sockets) the fleet holds at most once every device runs: one per device here.
+
+        Pooled transports return their pool's bound. The fleet is refused when it is created if this does not
+        fit under the process's open-file limit (:func:`iotix.fdlimit.check_descriptors`).
+        """
+        return len(self.links)
 
     # -- optional abilities (defaults: the transport has none) ------------------------------------------
 
