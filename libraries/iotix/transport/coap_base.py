@@ -19,6 +19,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from iotix.errors import ConfigurationError
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.coap_codec import COAP_PORT, CONTENT_FORMATS, METHOD_CODES, CoapTiming
 
@@ -67,6 +68,16 @@ class CoapTransport(Transport):
     def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
         super().__init__(spec, links, outcomes)
         conn = spec.connection
+        if conn.get("tls") is not None:
+            raise ConfigurationError(
+                f"Fleet '{spec.fleet}': connection.tls is set, but CoAP over DTLS is not supported: IoTix sends CoAP "
+                "over plain UDP only; remove connection.tls from the model"
+            )
+        if spec.credentials.username or spec.credentials.password is not None:
+            raise ConfigurationError(
+                f"Fleet '{spec.fleet}': CoAP has no user name/password login; remove connection.username/password "
+                "or Create Fleet username=/password="
+            )
         self.host: str = str(conn.get("host") or conn.get("broker") or self.default_host)
         self.port: int = int(conn.get("port") or COAP_PORT)
         self.method: str = str(conn.get("method", "POST")).upper()

@@ -21,6 +21,13 @@ before it fails: a broker that is down gives failures within about ``maxBlockMs`
 Every queued message carries the transport of its own fleet (its outcomes object and its latency
 histogram): a pool serves several fleets, and each outcome goes back to the fleet that sent the message.
 
+Security (:mod:`iotix.transport.kafka_security`): ``connection.tls`` and ``connection.sasl`` (with Create
+Fleet ``username=``/``password=`` overriding the SASL login) become kafka-python's ``security_protocol``,
+``ssl_context`` and ``sasl_*`` settings of every producer of the pool; pools are shared only by fleets with
+the same security settings. When the producers cannot start, a probe of the first bootstrap server (with TLS
+when the fleet uses it) says why: TLS handshake refused (unknown CA, host name, client certificate), a TLS
+listener dialled without TLS, or a broker that answers but did not accept the SASL login.
+
 Health checks (``periodic``): a producer whose sender or I/O thread died, or that has been failing for
 longer than ``HEALTH_WINDOW_S`` while the broker accepts TCP connections, is closed and replaced
 (``producersReplaced``).
@@ -41,7 +48,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from iotix.behavior import compile_template
+from iotix.errors import ConfigurationError
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
+from iotix.transport.kafka_security import fleet_security
+from iotix.transport.kafka_wire import parse_bootstrap, probe_kafka
 
 log = logging.getLogger("iotix.transport.kafka")
 
@@ -53,8 +63,9 @@ MAX_QUEUED = 50_000
 HEALTH_INTERVAL_S = 5.0
 HEALTH_WINDOW_S = 15.0
 
-# (link, payload, topic, key, handed over at (loop time), attempt, first attempt at, the fleet's transport)
-_Item = tuple[Link, bytes, str, bytes, float, int, float, "KafkaTransport"]
+# (link, payload, topic, key, handed over at (loop time), attempt, first attempt at, the fleet's transport,
+#  whether it is telemetry: an event to a topic a model's behavior names is not)
+_Item = tuple[Link, bytes, str, bytes, float, int, float, "KafkaTransport", bool]
 
 
 def build_kafka_client(factory: Callable[..., Any], **config: Any) -> Any:
@@ -101,6 +112,7 @@ def make_producer(settings: Mapping[str, Any], index: int) -> Any:
         bootstrap_timeout_ms=s["max_block_ms"],
         retries=0,  # retries are ours: counted, with backoff, bounded (the fleet's delivery bookkeeping)
         enable_idempotence=False,
+        **s["security"].client_config(),  # TLS and SASL (security_protocol, ssl_context, sasl_*)
     )
 
 
@@ -219,9 +231,12 @@ class ProducerPool:
                 if p.producer is not None:
                     await self.loop.run_in_executor(None, p.stop, 0.5)
             if isinstance(err, (KafkaError, OSError)):
+                why = await self.loop.run_in_executor(None, self._diagnose)
+                security = self.settings["security"]
+                how = f"; connecting with {security.describe()}" if security.protocol != "PLAINTEXT" else ""
                 raise TransportError(
                     f"cannot reach the Kafka broker at {self.settings['bootstrap']}: {_describe(err)} "
-                    "(is it running? check host/port or connection.bootstrap)"
+                    f"(is it running? check host/port or connection.bootstrap){how}{f': {why}' if why else ''}"
                 ) from None
             raise TransportError(f"cannot create a Kafka producer for {self.target}: {_describe(err)}") from None
         self.producers = producers
@@ -237,6 +252,7 @@ class ProducerPool:
         topic: str,
         attempt: int = 0,
         first_try: float = 0.0,
+        telemetry: bool = True,
     ) -> str:
         """Hand a message of ``owner``'s fleet to the link's producer; '' or the reason it was refused."""
         if not self.producers:
@@ -246,7 +262,7 @@ class ProducerPool:
             return f"not sent: {producer.pending} messages already wait for producer {producer.index} of {self.target}"
         producer.pending += 1
         now = self.loop.time()
-        producer.queue.put((link, payload, topic, link.id.encode(), now, attempt, first_try or now, owner))
+        producer.queue.put((link, payload, topic, link.id.encode(), now, attempt, first_try or now, owner, telemetry))
         return ""
 
     # -- outcomes (kafka-python's threads -> loop) -----------------------------------------------------------
@@ -271,7 +287,10 @@ class ProducerPool:
         while results:
             item, producer, _metadata, error, retriable, done = results.popleft()
             producer.pending -= 1
-            link, payload, topic, _key, t0, attempt, first_try, owner = item
+            link, payload, topic, _key, t0, attempt, first_try, owner, telemetry = item
+            if not telemetry:
+                owner.event_done(link, topic, error)
+                continue
             latency = done - t0
             if error is None:
                 producer.failing_since = None
@@ -343,6 +362,21 @@ class ProducerPool:
                     fresh.queue.put(item)
             await self.loop.run_in_executor(None, old.stop, 1.0)
 
+    def _diagnose(self) -> str | None:
+        """Why no producer could connect, when a probe of the first server can tell (TLS handshake, not Kafka)."""
+        security = self.settings["security"]
+        try:
+            host, port = parse_bootstrap(self.settings["bootstrap"])[0]
+        except ConfigurationError as err:
+            return str(err)
+        problem = probe_kafka(host, port, 2.0, security.tls)
+        if problem is None and security.mechanism is not None:
+            return (
+                f"the broker answers, but SASL {security.mechanism} authentication as '{security.username}' "
+                "did not succeed (wrong user name or password, or a mechanism the broker does not offer)"
+            )
+        return problem
+
     def _broker_accepts(self) -> bool:
         for server in self.settings["bootstrap"].split(","):
             host, _, port = server.strip().rpartition(":")
@@ -365,7 +399,8 @@ class ProducerPool:
 _pools: dict[tuple[Any, ...], ProducerPool] = {}
 
 
-def _settings(connection: Mapping[str, Any], fleet_name: str) -> tuple[dict[str, Any], int]:
+def _settings(spec: TransportSpec) -> tuple[dict[str, Any], int]:
+    connection, fleet_name = spec.connection, spec.fleet
     host, port = connection.get("host"), connection.get("port")
     if host or port:
         bootstrap = f"{host or 'localhost'}:{port or 9092}"
@@ -401,25 +436,33 @@ class KafkaTransport(Transport):
         super().__init__(spec, links, outcomes)
         from iotix.observe.histogram import Histogram
 
-        settings, size = _settings(spec.connection, spec.fleet)
+        settings, size = _settings(spec)
         if size < 1:
             raise TransportError(f"Fleet '{spec.fleet}': connection.producers must be >= 1, got {size}")
         self.settings = settings
+        self.security = fleet_security(spec)  # TLS and SASL; the pool's producers get it as settings["security"]
         self.size = size
-        self.key = (*sorted(settings.items()), size)
+        self.key = (*sorted(settings.items()), ("security", self.security), size)
         self._topic = compile_template(str(spec.connection["topic"]))
         self.latency = Histogram()
         self.pool: ProducerPool | None = None
+        self.events_sent = 0  # behaviors' events to their own topics (not telemetry)
+        self.events_failed = 0
 
     @property
     def target(self) -> str:
         return f"kafka://{self.settings['bootstrap']}"
 
+    def descriptors(self) -> int:
+        """Per pooled producer: a connection to each bootstrap server, its selector and its wake-up pair."""
+        return self.size * (len(str(self.settings["bootstrap"]).split(",")) + 3)
+
     def _acquire(self) -> ProducerPool:
         if self.pool is None:
             pool = _pools.get(self.key)
             if pool is None:
-                pool = _pools[self.key] = ProducerPool(self.key, self.settings, self.size, asyncio.get_running_loop())
+                settings = {**self.settings, "security": self.security}
+                pool = _pools[self.key] = ProducerPool(self.key, settings, self.size, asyncio.get_running_loop())
             pool.users += 1
             self.pool = pool
         return self.pool
@@ -428,7 +471,10 @@ class KafkaTransport(Transport):
         return self._topic.render_text(link.variables())
 
     async def connect(self, link: Link) -> None:
-        await self._acquire().ready()
+        try:
+            await self._acquire().ready()
+        except TransportError as err:
+            raise TransportError(f"{err} (fleet '{self.name}')") from None
         if link.topic is None:
             link.topic = self.topic_for(link)
         link.conn = True
@@ -439,14 +485,32 @@ class KafkaTransport(Transport):
     def send(
         self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
+        """Produce telemetry to the device's topic, or (``topic`` given: a behavior's event) to ``topic``.
+
+        Events are keyed by the device id too; their outcome is counted in ``eventsSent`` / ``eventsFailed``
+        (a failure becomes the device's last error), not in the telemetry counters.
+        """
         pool = self.pool
         if not link.conn or pool is None:
             return False
-        reason = pool.enqueue(self, link, payload, topic or link.topic or self.topic_for(link))
+        if topic is not None:
+            reason = pool.enqueue(self, link, payload, topic, telemetry=False)
+            if reason:
+                self.event_done(link, topic, reason)
+            return not reason
+        reason = pool.enqueue(self, link, payload, link.topic or self.topic_for(link))
         if reason:
             self.outcomes.not_sent(link, reason)  # the fleet counts the refused message as failed
             return False
         return True
+
+    def event_done(self, link: Link, topic: str, error: str | None) -> None:
+        """The outcome of an event (not telemetry) produced to ``topic`` (loop)."""
+        if error is None:
+            self.events_sent += 1
+            return
+        self.events_failed += 1
+        self.outcomes.not_sent(link, f"event to Kafka topic {topic} at {self.settings['bootstrap']} failed: {error}")
 
     async def disconnect(self, link: Link) -> None:
         link.conn = None
@@ -485,7 +549,10 @@ class KafkaTransport(Transport):
             "messagesInFlight": sum(p.pending for p in pool.producers) if pool else 0,
             "acks": self.settings["acks"],
             "compression": self.settings["compression"] or "none",
+            "security": self.security.protocol,
             "produceLatencyMs": self.latency.summary(),
+            "eventsSent": self.events_sent,
+            "eventsFailed": self.events_failed,
         }
 
 

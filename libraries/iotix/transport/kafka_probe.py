@@ -30,6 +30,7 @@ from iotix.errors import ConfigurationError
 from iotix.observe.tracker import TelemetryTracker
 from iotix.transport.base import TransportError
 from iotix.transport.kafka import build_kafka_client
+from iotix.transport.kafka_security import KafkaSecurity
 from iotix.transport.kafka_wire import parse_bootstrap, probe_kafka
 from iotix.transport.mqtt_probe import MAX_KEPT
 
@@ -220,9 +221,18 @@ class KafkaProbe:
     working after a broker restart (Tansu forgets producer ids).
     """
 
-    def __init__(self, alias: str, bootstrap: str, loop: asyncio.AbstractEventLoop, admin: Any, producer: Any) -> None:
+    def __init__(
+        self,
+        alias: str,
+        bootstrap: str,
+        loop: asyncio.AbstractEventLoop,
+        admin: Any,
+        producer: Any,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.alias = alias
         self.bootstrap = bootstrap
+        self.security = security or KafkaSecurity()
         self.loop = loop
         self.admin = admin
         self.producer = producer
@@ -233,13 +243,20 @@ class KafkaProbe:
 
     @classmethod
     def connect(
-        cls: type[_Probe], alias: str, bootstrap: str, loop: asyncio.AbstractEventLoop, timeout: float = 5.0
+        cls: type[_Probe],
+        alias: str,
+        bootstrap: str,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float = 5.0,
+        security: KafkaSecurity | None = None,
     ) -> _Probe:
         """Connect to ``bootstrap`` (``host:port[,host:port]``); fail within about ``timeout`` seconds.
 
-        Every server is first asked for its API versions on a plain socket, so an unreachable or non-Kafka
-        address fails quickly and says why.
+        Every server is first asked for its API versions on a socket of its own (with TLS when ``security``
+        has TLS), so an unreachable or non-Kafka address, or a failed TLS handshake, fails quickly and says
+        why. ``security`` (:func:`iotix.transport.kafka_security.client_security`) sets TLS and SASL.
         """
+        security = security or KafkaSecurity()
         from kafka import KafkaAdminClient, KafkaProducer
         from kafka.errors import KafkaError
 
@@ -247,21 +264,27 @@ class KafkaProbe:
         deadline = time.monotonic() + timeout
         problems = []
         for host, port in servers:
-            problem = probe_kafka(host, port, max(deadline - time.monotonic(), 0.1))
+            problem = probe_kafka(host, port, max(deadline - time.monotonic(), 0.1), security.tls)
             if problem is None:
                 break
             problems.append(problem)
         else:
             raise KafkaClientError(f"no Kafka broker answers at {bootstrap}: {'; '.join(problems)}")
         ms = int(max(deadline - time.monotonic(), 1.0) * 1000)
-        common = {"bootstrap_servers": bootstrap, "bootstrap_timeout_ms": ms}
+        common = {"bootstrap_servers": bootstrap, "bootstrap_timeout_ms": ms, **security.client_config()}
+        login = (
+            f" (SASL {security.mechanism} as '{security.username}': wrong user name or password, or a mechanism "
+            "the broker does not offer?)"
+            if security.mechanism
+            else ""
+        )
         number = next(_client_numbers)
         try:
             admin = build_kafka_client(
                 KafkaAdminClient, client_id=f"iotix-{alias}-admin-{number}", request_timeout_ms=10_000, **common
             )
         except (KafkaError, OSError) as err:
-            raise KafkaClientError(f"no Kafka broker answers at {bootstrap}: {err}") from None
+            raise KafkaClientError(f"no Kafka broker answers at {bootstrap}: {err}{login}") from None
         try:
             producer = build_kafka_client(
                 KafkaProducer,
@@ -275,8 +298,8 @@ class KafkaProbe:
             )
         except (KafkaError, OSError) as err:
             admin.close()
-            raise KafkaClientError(f"no Kafka broker answers at {bootstrap}: {err}") from None
-        return cls(alias, bootstrap, loop, admin, producer)
+            raise KafkaClientError(f"no Kafka broker answers at {bootstrap}: {err}{login}") from None
+        return cls(alias, bootstrap, loop, admin, producer, security)
 
     def create_topic(self, name: str, partitions: int = 1, timeout: float = 10.0) -> None:
         """Create topic ``name`` with ``partitions`` partitions (replication factor 1)."""
@@ -344,6 +367,7 @@ class KafkaProbe:
                 session_timeout_ms=SESSION_TIMEOUT_MS,
                 heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
                 bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000),
+                **self.security.client_config(),
             )
         except (KafkaError, OSError) as err:
             raise KafkaClientError(f"Cannot consume Kafka topic '{topic}' from {self.bootstrap}: {err}") from None

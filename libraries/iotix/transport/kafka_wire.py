@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import socket
+import ssl
 import struct
 import time
 
 from iotix.errors import ConfigurationError
+from iotix.transport.tls import ClientTls
 
 DEFAULT_KAFKA_PORT = 9092
 _API_VERSIONS_KEY = 18
@@ -55,32 +57,71 @@ def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
     return bytes(data)
 
 
-def probe_kafka(host: str, port: int, timeout: float = 1.0) -> str | None:
+def _explain_tls(tls: ClientTls, err: BaseException, host: str, handshaken: bool) -> str:
+    """Why a TLS connection to a Kafka broker failed, in words."""
+    closed = isinstance(err, (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, EOFError))
+    if handshaken and (closed or isinstance(err, ssl.SSLError)):
+        # TLS 1.3: the broker checks the client certificate after the handshake, on the first read
+        reason = getattr(err, "reason", None)
+        if tls.cert is not None:
+            return (
+                f"the broker closed the connection right after the TLS handshake ({reason or 'no alert'}): it "
+                f"refused the client certificate '{tls.cert}' (most likely not signed by a CA it trusts)"
+            )
+        return (
+            f"the broker closed the connection right after the TLS handshake ({reason or 'no alert'}): it "
+            "probably requires a client certificate, and connection.tls has no certFile"
+        )
+    return tls.explain(err, host)
+
+
+def probe_kafka(host: str, port: int, timeout: float = 1.0, tls: ClientTls | None = None) -> str | None:
     """Ask ``host:port`` for its Kafka API versions; None when it answers like a Kafka broker, else why not.
 
-    A plain ApiVersions v0 request on a socket of its own (no Kafka client involved), answered within
-    ``timeout`` seconds in all.
+    An ApiVersions v0 request on a socket of its own (no Kafka client involved), answered within ``timeout``
+    seconds in all. With ``tls`` the socket does the TLS handshake first, and a failed handshake is
+    explained in words (unknown CA, host name mismatch, client certificate refused).
     """
     deadline = time.monotonic() + timeout
     correlation = next(_correlation_ids) & 0x7FFFFFFF
     client_id = b"iotix-probe"
     request = struct.pack(">hhih", _API_VERSIONS_KEY, 0, correlation, len(client_id)) + client_id
+    handshaken = False
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            sock.sendall(struct.pack(">i", len(request)) + request)
-            (size,) = struct.unpack(">i", _recv_exact(sock, 4, deadline))
-            if not 6 <= size <= 1 << 20:
-                return f"{host}:{port} answered, but not like a Kafka broker"
-            body = _recv_exact(sock, size, deadline)
+        with socket.create_connection((host, port), timeout=timeout) as plain:
+            sock: socket.socket = plain
+            try:
+                if tls is not None:
+                    sock = tls.context.wrap_socket(plain, server_hostname=host)  # handshakes within the timeout
+                    handshaken = True
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.sendall(struct.pack(">i", len(request)) + request)
+                head = _recv_exact(sock, 4, deadline)
+                (size,) = struct.unpack(">i", head)
+                if not 6 <= size <= 1 << 20:
+                    if tls is None and head[:2] in (b"\x15\x03", b"\x16\x03"):
+                        return (
+                            f"{host}:{port} answered with TLS: it is a TLS listener, connect with TLS (connection.tls)"
+                        )
+                    return f"{host}:{port} answered, but not like a Kafka broker"
+                body = _recv_exact(sock, size, deadline)
+            finally:
+                if sock is not plain:
+                    sock.close()
     except socket.gaierror as err:
         return f"cannot resolve host '{host}' ({err.strerror})"
     except ConnectionRefusedError:
         return f"{host}:{port} refused the connection (nothing listens there)"
     except TimeoutError:
         return f"{host}:{port} gave no Kafka answer within {timeout:g} s"
-    except OSError as err:
-        return f"{host}:{port}: {err.strerror or err}"
+    except ConnectionResetError as err:
+        if tls is not None:
+            return f"TLS connection to {host}:{port} failed: {_explain_tls(tls, err, host, handshaken)}"
+        return f"{host}:{port} closed the connection without a Kafka answer: is it a TLS listener (connection.tls)?"
+    except (ssl.SSLError, OSError, EOFError) as err:
+        if tls is not None:
+            return f"TLS connection to {host}:{port} failed: {_explain_tls(tls, err, host, handshaken)}"
+        return f"{host}:{port}: {getattr(err, 'strerror', None) or err}"
     answered, error_code = struct.unpack(">ih", body[:6])
     if answered != correlation:
         return f"{host}:{port} answered, but not like a Kafka broker"
