@@ -1,11 +1,15 @@
 """The ``iotix`` console command: check device models, preview what their devices send, make certificates.
 
-``iotix validate PATH...``
-    Validate model files and folders (folders recursively, as :func:`iotix.model.load_models` reads them).
-    One ``ok`` line per valid model, the full error of every invalid file; exit 0 when all are valid, 1 when
-    any is not, 2 for a usage error.
+``iotix validate [PATH...] [--data-dir DIR]...``
+    Validate model files and folders (folders recursively, as :func:`iotix.model.load_models` reads them);
+    no PATH: ``DEVICE_MODEL_PATH``, else ``models/``. One ``ok`` line per valid model (with a note for a
+    replay file that is checked only when a fleet is created), the full error of every invalid file; exit 0
+    when all are valid, 1 when any is not, 2 for a usage error. ``--data-dir`` adds a data root for replay
+    files (as ``IOTIX_DATA_PATH`` and ``data_dir=`` of ``Load Device Models``). Scenario files among the
+    paths (``iotix validate models models/scenarios``) are checked too, their model ids looked up among the
+    models of the same command.
 
-``iotix sample MODEL [--count N] [--seed S] [--device-id ID] [--start-ts MS] [--models DIR]``
+``iotix sample MODEL [--count N] [--seed S] [--device-id ID] [--start-ts MS] [--models DIR] [--data-dir DIR]...``
     Print the payloads one device of the model would send, one JSON object per line, in send order, on a
     simulated clock: the same arguments always print the same bytes.
 
@@ -29,14 +33,23 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from iotix import __version__
 from iotix.errors import ConfigurationError, IoTixError, NotFoundError
 from iotix.model.errors import ROOT, ModelError, ModelNotFoundError
-from iotix.model.loader import MODEL_SUFFIXES, load_model, model_files
+from iotix.model.loader import (
+    DEFAULT_MODEL_PATH,
+    MODEL_SUFFIXES,
+    _read_document,
+    default_model_path,
+    load_model,
+    missing_default_path_message,
+    model_files,
+    pending_data_files,
+)
 from iotix.model.types import DeviceModel
 
 __all__ = ["DEFAULT_START_TS", "device_ids", "main", "sample_payloads"]
@@ -45,8 +58,9 @@ __all__ = ["DEFAULT_START_TS", "device_ids", "main", "sample_payloads"]
 #: UTC): a fixed value keeps the output reproducible.
 DEFAULT_START_TS = 1_700_000_000_000
 
-#: Where ``iotix sample`` looks for a model given by id, unless ``--models`` is given.
-DEFAULT_MODELS_DIR = Path("models")
+#: Where ``iotix sample`` looks for a model given by id, unless ``--models`` is given and ``DEVICE_MODEL_PATH``
+#: is not set (see :func:`iotix.model.loader.default_model_path`).
+DEFAULT_MODELS_DIR = DEFAULT_MODEL_PATH
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -90,12 +104,27 @@ def _build_parser() -> argparse.ArgumentParser:
         help="validate model files and folders",
         description=(
             "Validate device model files (.json, .yaml, .yml). A folder is searched recursively, skipping "
-            "'schema' and 'data' folders and names starting with '.' or '_'; two files of one folder "
-            "defining the same id are an error. Exit status: 0 all valid, 1 something invalid or missing, "
+            "'schema', 'data' and 'scenarios' folders and names starting with '.' or '_'; two files of one folder "
+            "defining the same id are an error. Scenario files (a 'fleets' list, no 'telemetry') among the paths "
+            "are checked too, their model ids looked up among the models of the same command "
+            "(iotix validate models models/scenarios). Exit status: 0 all valid, 1 something invalid or missing, "
             "2 usage error."
         ),
     )
-    validate.add_argument("paths", nargs="+", metavar="PATH", help="a model file or a folder of models")
+    validate.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="a model file or a folder of models (default: $DEVICE_MODEL_PATH, else ./models)",
+    )
+    validate.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a folder replay data files may lie under besides the model's folder (repeatable; "
+        "IOTIX_DATA_PATH is read too)",
+    )
     validate.add_argument("-q", "--quiet", action="store_true", help="print only the errors")
 
     sample = commands.add_parser(
@@ -124,8 +153,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--models",
         metavar="DIR",
         type=Path,
-        default=DEFAULT_MODELS_DIR,
-        help="folder searched for a MODEL given by id (default ./models)",
+        default=None,
+        help="folder searched for a MODEL given by id (default: $DEVICE_MODEL_PATH, else ./models)",
+    )
+    sample.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a folder replay data files may lie under besides the model's folder (repeatable)",
     )
 
     certs = commands.add_parser(
@@ -186,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         return code if isinstance(code, int) else EXIT_USAGE
     if args.command == "validate":
-        return _validate_command(args.paths, quiet=args.quiet, out=sys.stdout)
+        if not args.paths and not default_model_path().exists():
+            print(ModelNotFoundError(default_model_path(), [(ROOT, missing_default_path_message())]), file=sys.stdout)
+            return EXIT_FAILED
+        paths = args.paths or [str(default_model_path())]
+        return _validate_command(paths, quiet=args.quiet, out=sys.stdout, data_dirs=args.data_dir)
     if args.command == "certs":
         return _certs_command(args, out=sys.stdout, err=sys.stderr)
     return _sample_command(args, out=sys.stdout, err=sys.stderr)
@@ -201,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Tally:
     valid: int = 0
     invalid: int = 0
+    #: Valid models of the command, by id: the models scenario files may name by id.
+    models: dict[str, DeviceModel] = field(default_factory=dict)
+    #: Scenario files met on the way, checked once every model of the command is known.
+    scenarios: list[Path] = field(default_factory=list)
 
 
 def _plural(count: int, word: str) -> str:
@@ -211,10 +255,10 @@ def _describe(model: DeviceModel) -> str:
     return f"id {model.id}, {model.protocol}, {_plural(len(model.telemetry), 'field')}"
 
 
-def _load_for_report(path: Path) -> DeviceModel | ModelError:
+def _load_for_report(path: Path, data_dirs: Sequence[str] = ()) -> DeviceModel | ModelError:
     """The model in ``path``, or the error saying why it cannot be loaded (never raises)."""
     try:
-        return load_model(path)
+        return load_model(path, data_dirs)
     except ModelError as err:
         return err
     except Exception as err:  # a bug in a checker or a custom handler: still a report, not a traceback
@@ -237,7 +281,7 @@ def _files_of(path: Path) -> list[Path] | ModelError:
     return files
 
 
-def _validate_path(path: Path, quiet: bool, out: TextIO, tally: _Tally) -> None:
+def _validate_path(path: Path, quiet: bool, out: TextIO, tally: _Tally, data_dirs: Sequence[str] = ()) -> None:
     """Report every model file of ``path``; ids defined twice within the path are errors (as in load_models)."""
     files = _files_of(path)
     if isinstance(files, ModelError):
@@ -246,7 +290,10 @@ def _validate_path(path: Path, quiet: bool, out: TextIO, tally: _Tally) -> None:
         return
     seen: dict[str, Path] = {}
     for file in files:
-        result = _load_for_report(file)
+        if _is_scenario_file(file):
+            tally.scenarios.append(file)
+            continue
+        result = _load_for_report(file, data_dirs)
         if isinstance(result, DeviceModel) and result.id in seen:
             result = ModelError(
                 file, [("id", f"duplicate model id {result.id!r}: already defined in '{seen[result.id]}'")]
@@ -256,19 +303,71 @@ def _validate_path(path: Path, quiet: bool, out: TextIO, tally: _Tally) -> None:
             tally.invalid += 1
             continue
         seen[result.id] = file
+        tally.models.setdefault(result.id, result)
         tally.valid += 1
         if not quiet:
             print(f"ok  {file}  ({_describe(result)})", file=out)
+            for field_name, data_file in pending_data_files(result):
+                print(
+                    f"    note: field {field_name} replays '{data_file}', outside the model's folder and every data "
+                    "root: it is checked when a fleet is created (--data-dir or IOTIX_DATA_PATH to check it now)",
+                    file=out,
+                )
 
 
-def _validate_command(paths: Sequence[str], *, quiet: bool, out: TextIO) -> int:
+def _is_scenario_file(path: Path) -> bool:
+    """A scenario rather than a model: a mapping with ``fleets`` and no ``telemetry`` (unreadable: a model)."""
+    from iotix.model.scenario import looks_like_scenario
+
+    try:
+        return looks_like_scenario(_read_document(path))
+    except ModelError:
+        return False
+
+
+def _validate_scenarios(quiet: bool, out: TextIO, tally: _Tally) -> None:
+    """Check every scenario file met, its models resolved among the valid models of the command (or files)."""
+    from iotix.fleet.scenario import plan_fleets
+    from iotix.model.loader import ModelRegistry
+    from iotix.model.scenario import ScenarioError, load_scenario
+
+    for file in tally.scenarios:
+        registry = ModelRegistry()
+        for model in tally.models.values():
+            registry.add(model)
+        try:
+            scenario = load_scenario(file)
+            plans = plan_fleets(scenario, registry)
+        except ScenarioError as err:
+            print(err, file=out)
+            if not tally.models and any(path.endswith(".model") for path, _ in err.problems):
+                print(f"  (model ids are looked up in the paths given: iotix validate MODELS-FOLDER {file})", file=out)
+            tally.invalid += 1
+            continue
+        except IoTixError as err:
+            print(f"Scenario '{file}' is invalid: {err}", file=out)
+            tally.invalid += 1
+            continue
+        tally.valid += 1
+        if not quiet:
+            devices = sum(len(plan.device_ids) for plan in plans)
+            print(
+                f"ok  {file}  (scenario {scenario.name}, {_plural(len(plans), 'fleet')}, {_plural(devices, 'device')})",
+                file=out,
+            )
+
+
+def _validate_command(paths: Sequence[str], *, quiet: bool, out: TextIO, data_dirs: Sequence[str] = ()) -> int:
     """``iotix validate``: report every path, then a summary line (unless ``quiet``)."""
     tally = _Tally()
     for raw in paths:
-        _validate_path(Path(raw), quiet, out, tally)
+        _validate_path(Path(raw), quiet, out, tally, data_dirs)
+    _validate_scenarios(quiet, out, tally)
     if not quiet:
         total = tally.valid + tally.invalid
-        print(f"{_plural(total, 'model file')} checked: {tally.valid} valid, {tally.invalid} invalid", file=out)
+        kinds = [(total - len(tally.scenarios), "model file"), (len(tally.scenarios), "scenario file")]
+        checked = " and ".join(_plural(n, word) for n, word in kinds if n) or _plural(0, "model file")
+        print(f"{checked} checked: {tally.valid} valid, {tally.invalid} invalid", file=out)
     return EXIT_FAILED if tally.invalid else EXIT_OK
 
 
@@ -281,7 +380,7 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or Path(text).suffix.lower() in MODEL_SUFFIXES
 
 
-def _find_model(spec: str, models_dir: Path) -> DeviceModel:
+def _find_model(spec: str, models_dir: Path | None, data_dirs: Sequence[str] = ()) -> DeviceModel:
     """The model in file ``spec``, or the model with id ``spec`` in ``models_dir``.
 
     Raises :class:`ModelError` (the file's own error, or that of the file named after the id), or
@@ -289,7 +388,9 @@ def _find_model(spec: str, models_dir: Path) -> DeviceModel:
     """
     path = Path(spec)
     if path.is_file() or _looks_like_path(spec):
-        return load_model(path)
+        return load_model(path, data_dirs)
+    if models_dir is None:
+        models_dir = default_model_path()
     if not models_dir.is_dir():
         raise NotFoundError(
             f"no model file '{spec}', and no models folder '{models_dir}' to look up a model with this id "
@@ -300,7 +401,7 @@ def _find_model(spec: str, models_dir: Path) -> DeviceModel:
     broken: list[ModelError] = []
     for file in files:
         try:
-            model = load_model(file)
+            model = load_model(file, data_dirs)
         except ModelError as err:
             if file.stem == spec:  # most likely the model asked for: its problems are the answer
                 raise
@@ -391,7 +492,7 @@ def sample_payloads(
 def _sample_command(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
     """``iotix sample``: payload lines on ``out``; a model or generator problem on ``err``, exit 1."""
     try:
-        model = _find_model(args.model, args.models)
+        model = _find_model(args.model, args.models, args.data_dir)
         lines = sample_payloads(model, args.count, seed=args.seed, device_id=args.device_id, start_ts=args.start_ts)
     except IoTixError as error:  # ModelError, configuration problems of the model or a custom handler
         print(f"iotix sample: {error}", file=err)

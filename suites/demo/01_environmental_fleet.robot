@@ -9,7 +9,7 @@ Suite Setup         Start Local Test Environment
 Batch Launch Delivers Every Reading
     [Documentation]    200 environmental sensors start in batches of 50 every 500 ms and send for a while;
     ...    the receiver must see every message each device sent, with no gaps and no duplicates.
-    ${fleet} =    Create Local Fleet    environmental-sensor-v1    count=200    name=env
+    ${fleet} =    Create Local Fleet    environmental-sensor-plus    count=200    name=env
     ...    id_pattern=env-{index:03d}    seed=42
     Start Fleet    ${fleet}    strategy=batch    batch_size=50    delay=500ms
     Wait Until Fleet Is Running    ${fleet}    timeout=30s

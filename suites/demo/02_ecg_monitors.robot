@@ -9,7 +9,7 @@ Suite Setup         Start Local Test Environment
 ECG Monitors Stream Binary Samples
     [Documentation]    Each ECG reading carries 200 16-bit samples (400 bytes, base64 in the JSON envelope).
     Subscribe To Topic    iotix/+/+/telemetry    qos=1
-    ${fleet} =    Create Local Fleet    ecg-monitor-v1    count=5    name=ecg    id_pattern=ecg-{index}
+    ${fleet} =    Create Local Fleet    ecg-monitor-plus    count=5    name=ecg    id_pattern=ecg-{index}
     Start Fleet    ${fleet}
     Wait Until Fleet Is Running    ${fleet}
     ${messages} =    Wait Until Messages Received    iotix/+/+/telemetry    count=20    timeout=10s

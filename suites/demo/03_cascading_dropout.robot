@@ -9,7 +9,7 @@ Suite Setup         Start Local Test Environment
 Fleet Recovers From A Cascading Dropout
     [Documentation]    20 of 50 sensors drop in an accelerating cascade and come back 2 s later;
     ...    afterwards every device runs and nothing sent was lost.
-    ${fleet} =    Create Local Fleet    simple-temperature    count=50    name=cascade
+    ${fleet} =    Create Local Fleet    simple-temperature-plus    count=50    name=cascade
     ...    id_pattern=cascade-{index:02d}
     Start Fleet    ${fleet}
     Wait Until Fleet Is Running    ${fleet}

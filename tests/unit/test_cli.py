@@ -18,8 +18,8 @@ from iotix.model.loader import model_files
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
-ENV_MODEL = MODELS / "environmental-sensor-v1.yaml"
-ECG_MODEL = MODELS / "ecg-monitor-v1.yaml"
+ENV_MODEL = MODELS / "environmental-sensor-plus.yaml"
+ECG_MODEL = MODELS / "ecg-monitor-plus.yaml"
 
 
 def model_data(model_id: str = "cli-test", **overrides: Any) -> dict[str, Any]:
@@ -81,7 +81,15 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["validate"], ["frobnicate"], ["sample"], ["sample", "x", "--count", "-1"], ["sample", "x", "--count", "a"]],
+    # ``validate`` without a path is not one: it reads DEVICE_MODEL_PATH, else models/ (test_validate_without_path_...)
+    [
+        [],
+        ["validate", "--data-dir"],
+        ["frobnicate"],
+        ["sample"],
+        ["sample", "x", "--count", "-1"],
+        ["sample", "x", "--count", "a"],
+    ],
 )
 def test_usage_errors_exit_2_without_traceback(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     code, _, err = run(capsys, *argv)
@@ -104,7 +112,7 @@ def test_validate_all_shipped_models(capsys: pytest.CaptureFixture[str]) -> None
     assert len(ok_lines) == len(files) >= 16
     for line, file in zip(ok_lines, files, strict=True):
         assert line.startswith(f"ok  {file}  (id ")
-    assert f"ok  {ENV_MODEL}  (id environmental-sensor-v1, mqtt, 4 fields)" in ok_lines
+    assert f"ok  {ENV_MODEL}  (id environmental-sensor-plus, mqtt, 4 fields)" in ok_lines
     assert out.splitlines()[-1] == f"{len(files)} model files checked: {len(files)} valid, 0 invalid"
 
 
@@ -199,7 +207,7 @@ def test_validate_as_a_subprocess() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
-    assert "ok  models/environmental-sensor-v1.yaml  (id environmental-sensor-v1, mqtt, 4 fields)" in done.stdout
+    assert "ok  models/environmental-sensor-plus.yaml  (id environmental-sensor-plus, mqtt, 4 fields)" in done.stdout
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,7 +237,7 @@ def test_sample_follows_the_fleet_schedule(capsys: pytest.CaptureFixture[str]) -
     ]
     assert [(m["ts"] - DEFAULT_START_TS, list(m)[3:]) for m in messages] == expected
     assert [m["seq"] for m in messages] == list(range(12))
-    assert {m["deviceId"] for m in messages} == {"environmental-sensor-v1-0"}
+    assert {m["deviceId"] for m in messages} == {"environmental-sensor-plus-0"}
     assert all(list(m)[:3] == ["deviceId", "seq", "ts"] for m in messages)
     assert all(980 <= m["pressure"] <= 1040 for m in messages if "pressure" in m)
     assert all(isinstance(m["airQualityIndex"], int) for m in messages if "airQualityIndex" in m)
@@ -252,7 +260,7 @@ def test_sample_prints_json_payloads_as_sent(capsys: pytest.CaptureFixture[str])
     code, out, _ = run(capsys, "sample", str(ENV_MODEL), "-n", "1")
     assert code == 0
     line = out.splitlines()[0]
-    assert line.startswith('{"deviceId":"environmental-sensor-v1-0","seq":0,"ts":1700000000000,"temperature":')
+    assert line.startswith('{"deviceId":"environmental-sensor-plus-0","seq":0,"ts":1700000000000,"temperature":')
     assert " " not in line  # compact, as the encoder sends it
 
 
@@ -304,9 +312,9 @@ def test_sample_ecg_binary_is_base64_of_400_bytes(capsys: pytest.CaptureFixture[
 def test_sample_by_model_id(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     by_path = run(capsys, "sample", str(ENV_MODEL), "--count", "3")
     monkeypatch.chdir(ROOT)  # the default models folder is ./models
-    assert run(capsys, "sample", "environmental-sensor-v1", "--count", "3") == by_path
+    assert run(capsys, "sample", "environmental-sensor-plus", "--count", "3") == by_path
     monkeypatch.chdir("/")
-    assert run(capsys, "sample", "environmental-sensor-v1", "--count", "3", "--models", str(MODELS)) == by_path
+    assert run(capsys, "sample", "environmental-sensor-plus", "--count", "3", "--models", str(MODELS)) == by_path
 
 
 def test_sample_by_id_in_a_models_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

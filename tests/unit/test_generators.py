@@ -263,9 +263,22 @@ def test_replay_file_problems(tmp_path: Path) -> None:
     missing = problems_of({"type": "replay", "dataFile": "y.csv", "column": "a"}, base_dir=tmp_path)
     assert missing == [("dataFile", f"file 'y.csv' not found (looked in {root})")]
     escape = problems_of({"type": "replay", "dataFile": "../../etc/passwd", "column": "a"}, base_dir=tmp_path)
-    assert escape == [("dataFile", f"path '../../etc/passwd' escapes the model's folder; keep data files under {root}")]
-    absolute = problems_of({"type": "replay", "dataFile": "/etc/passwd", "column": "a"}, base_dir=tmp_path)
-    assert_problem(absolute, "dataFile", "escapes the model's folder")
+    assert escape == [
+        (
+            "dataFile",
+            f"path '../../etc/passwd' escapes the model's folder; keep data files under {root}, or add the folder to "
+            f"IOTIX_DATA_PATH (folders separated by '{os.pathsep}') or pass it as data_dir= to Load Device Models "
+            "(--data-dir of iotix validate and sample); data roots now: none",
+        )
+    ]
+    # An absolute path outside every data root (the iotix deployment's /data/historical/...) passes the model
+    # check and is refused when the generator is built for a fleet, saying how to allow it.
+    absolute = {"type": "replay", "dataFile": "/etc/passwd", "column": "a"}
+    assert problems_of(absolute, base_dir=tmp_path) == []
+    with pytest.raises(
+        ConfigurationError, match=r"path '/etc/passwd' is outside the model's folder .* IOTIX_DATA_PATH"
+    ):
+        make(absolute, base_dir=tmp_path)
     column = problems_of({"type": "replay", "dataFile": "x.csv", "column": "temp"}, base_dir=tmp_path)
     assert column == [("column", "column 'temp' not in x.csv (columns: timestamp, temperature, label)")]
     no_column = problems_of({"type": "replay", "dataFile": "x.csv"}, base_dir=tmp_path)

@@ -16,6 +16,15 @@ from iotix.model.loader import model_files
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
+#: The five example models of the iotix README, byte for byte (from ../shared/reference/iotix-readme-models).
+README_MODELS = ROOT / "tests" / "data" / "iotix-readme-models"
+README_IDS = (
+    "simple-temperature",
+    "environmental-sensor-v1",
+    "ecg-monitor-v1",
+    "replay-sensor-v1",
+    "industrial-gateway-v1",
+)
 PACKAGE_SCHEMA = ROOT / "libraries" / "iotix" / "model" / "schema" / "device-model.schema.json"
 EDITOR_SCHEMA = MODELS / "schema" / "device-model.schema.json"
 MODEL_FILES = list(model_files(MODELS))
@@ -27,6 +36,11 @@ EXPECTED_IDS = {
     "ecg-monitor-v1",
     "replay-sensor-v1",
     "industrial-gateway-v1",
+    "simple-temperature-plus",
+    "environmental-sensor-plus",
+    "ecg-monitor-plus",
+    "replay-sensor-plus",
+    "industrial-gateway-plus",
     "temperature-sensor",
     "door-lock",
     "camera",
@@ -113,6 +127,8 @@ def test_shipped_model_loads(path: Path) -> None:
     assert model.id == path.stem
     assert model.source == path
     assert _raw(path)["$schema"] == "./schema/device-model.schema.json"
+    if model.id in README_IDS:  # the iotix README's models, as written there: see test_readme_models_are_shipped
+        return
     assert model.description
     if model.protocol == "mqtt":
         assert model.connection["host"] == "localhost"
@@ -159,8 +175,39 @@ def test_shipped_model_is_valid_for_editors(path: Path) -> None:
     assert errors == []
 
 
+@pytest.mark.parametrize("model_id", README_IDS)
+def test_readme_models_are_shipped_field_by_field(model_id: str) -> None:
+    """The models shipped under the iotix README's ids are the README's models (besides ``$schema``); only
+    the replay model's absolute dataFile is the data file shipped with IoTix."""
+    (reference,) = README_MODELS.glob(f"{model_id}.json")
+    (shipped,) = [path for path in MODEL_FILES if path.stem == model_id]
+    expected, got = _raw(reference), _raw(shipped)
+    assert got.pop("$schema") == "./schema/device-model.schema.json"
+    if model_id == "replay-sensor-v1":
+        generator = expected["telemetry"][0]["generator"]
+        assert generator["dataFile"] == "/data/historical/sensor-readings.csv"
+        generator["dataFile"] = "data/sensor-readings.csv"
+        assert (MODELS / "data" / "sensor-readings.csv").is_file()
+    assert got == expected
+
+
+def test_shipped_readme_replay_file_has_the_readme_column() -> None:
+    with (MODELS / "data" / "sensor-readings.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["timestamp", "value"] and len(rows) == 288
+    values = [float(row["value"]) for row in rows]
+    assert 15 < min(values) < max(values) < 30
+    model = _models()["replay-sensor-v1"]
+    assert model.get_field("measurement").generator == {
+        "type": "replay",
+        "dataFile": "data/sensor-readings.csv",
+        "column": "value",
+        "loop": True,
+    }
+
+
 def test_ecg_monitor() -> None:
-    model = _models()["ecg-monitor-v1"]
+    model = _models()["ecg-monitor-plus"]
     ecg = model.get_field("ecg")
     assert ecg.type == "binary" and ecg.interval_ms == 400
     assert ecg.generator["handler"] == "ecg_generator"
@@ -177,7 +224,7 @@ def test_ecg_monitor() -> None:
 
 
 def test_industrial_gateway() -> None:
-    model = _models()["industrial-gateway-v1"]
+    model = _models()["industrial-gateway-plus"]
     assert model.type == "gateway"
     assert {c.name for c in model.commands} == {"reboot", "updateFirmware"}
     update = next(c for c in model.commands if c.name == "updateFirmware")
@@ -208,6 +255,6 @@ def test_replay_data_file() -> None:
     assert 150 <= len(rows) <= 250
     temperatures = [float(row["temperature"]) for row in rows]
     assert 15 < min(temperatures) < max(temperatures) < 30
-    model = _models()["replay-sensor-v1"]
+    model = _models()["replay-sensor-plus"]
     generator = model.get_field("temperature").generator
     assert generator["dataFile"] == "data/building-a-temperature.csv" and generator["loop"] is True

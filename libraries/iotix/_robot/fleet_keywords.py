@@ -14,11 +14,12 @@ from robot.api.types import Secret
 from iotix._robot.component import LibraryComponent
 from iotix._robot.convert import seconds
 from iotix._robot.types import FleetStats
-from iotix.errors import error_context
+from iotix.errors import ConfigurationError, error_context
 from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import FleetOptions
 from iotix.fleet.setup import ConnectionOverrides, FleetSetup
 from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
+from iotix.model.loader import default_model_path, pending_data_files
 
 #: Long waits print their progress to the console this often.
 PROGRESS_EVERY_S = 5.0
@@ -28,17 +29,45 @@ class ModelKeywords(LibraryComponent):
     """Loading device models."""
 
     @keyword
-    def load_device_models(self, path: Path) -> list[str]:
+    def load_device_models(self, path: Path | None = None, data_dir: Path | None = None) -> list[str]:
         """Loads device models from a JSON/YAML file or a folder of them; returns their ids.
 
+        - ``path``: a model file or a folder (searched recursively; ``schema``, ``data``, ``scenarios`` and
+          hidden folders skipped). Default: the folder named by the ``DEVICE_MODEL_PATH`` environment
+          variable (the iotix convention), else ``models`` in the working directory.
+        - ``data_dir``: a folder replay data files (``dataFile``) may lie under besides the model's own
+          folder, e.g. where the absolute ``/data/historical/...`` paths of iotix models live. Folders in
+          the ``IOTIX_DATA_PATH`` environment variable (separated by ``:``, ``;`` on Windows) count too.
+          An absolute ``dataFile`` outside every such folder does not stop the model from loading (a warning
+          says so); `Create Fleet` refuses it and says how to allow it.
+
         Every file is validated; a broken file fails the keyword with every problem listed (file,
-        field path, what was expected). Models already loaded stay loaded.
+        field path, what was expected). Models already loaded stay loaded. Models are written in the
+        IoTix format or in the format of iotix device models (see docs/model-format.md).
 
         | ${ids} =    Load Device Models    ${CURDIR}/../models
         | Should Contain    ${ids}    environmental-sensor-v1
+        | Load Device Models    ${CURDIR}/iotix-models    data_dir=${CURDIR}/historical
+        | Load Device Models    # DEVICE_MODEL_PATH, else ./models
         """
-        ids = self.models.load(path)
-        logger.info(f"Loaded {len(ids)} model(s) from {path}: {', '.join(ids)}")
+        data_dirs = []
+        if data_dir is not None:
+            if not data_dir.is_dir():
+                raise ConfigurationError(
+                    f"Load Device Models: data_dir '{data_dir}' is not a folder (it must exist: it is where replay "
+                    "data files of the models may lie)"
+                )
+            data_dirs.append(data_dir)
+        where = path if path is not None else default_model_path()
+        ids = self.models.load(path, data_dirs)
+        logger.info(f"Loaded {len(ids)} model(s) from {where}: {', '.join(ids)}")
+        for model_id in ids:
+            for field_name, data_file in pending_data_files(self.models.get(model_id)):
+                logger.warn(
+                    f"Model '{model_id}': field '{field_name}' replays '{data_file}', which is outside the model's "
+                    "folder and every data root: Create Fleet will refuse it unless its folder is given as "
+                    "data_dir= or in IOTIX_DATA_PATH."
+                )
         return ids
 
 
@@ -74,9 +103,10 @@ class FleetKeywords(LibraryComponent):
         - ``name``: defaults to the model id (``-2``, ``-3``, ... appended when taken).
         - ``id_pattern``: device ids, ``{index}`` 0-based, ``{n}`` 1-based, ``{fleet}``, ``{model}``;
           format specs work (``env-{index:05d}``). Default ``<name>-{index}``.
+        - ``count``: at least 1 (a fleet of no devices would run and pass while testing nothing).
         - ``seed``: makes every generated value reproducible (default 0).
-        - ``host``, ``port``, ``username``, ``password`` (a ``Secret``), ``qos``: override the model's
-          ``connection``.
+        - ``host``, ``port`` (1-65535), ``username``, ``password`` (a ``Secret``), ``qos``: override the
+          model's ``connection``.
         - ``offline_queue_size``: QoS 1/2 readings kept per device while it reconnects; beyond that they
           are dropped and counted in ``messagesDropped``.
         - ``reconnect_base``, ``reconnect_cap``: exponential backoff with full jitter after a lost connection.
@@ -87,40 +117,45 @@ class FleetKeywords(LibraryComponent):
           ``connection.errorThreshold`` (HTTP, CoAP CON and Kafka sends; see `Circuit Should Be`).
         - ``transmission_log``: entries kept per device for `Get Transmission Log` (0: none).
 
+        Invalid arguments fail the keyword before anything is created, naming the value; so does a fleet
+        that needs more sockets than the process may open (its open-file limit), naming both numbers.
+        Fleets that already run are not touched.
+
         The fleet is deleted when the suite that created it ends.
 
         | ${fleet} =    Create Fleet    environmental-sensor-v1    count=100    id_pattern=env-{index:03d}
         | ...    host=${BROKER}[host]    port=${BROKER}[port]
         """
         m = self.models.resolve(model)
-        setup = FleetSetup(
-            name=name,
-            count=count,
-            id_pattern=id_pattern,
-            seed=seed,
-            connection=ConnectionOverrides(
-                host=host,
-                port=port,
-                qos=qos,
-                username=username,
-                password=password.value if password is not None else None,
-            ),
-            options=FleetOptions(
-                offline_queue_size=offline_queue_size,
-                reconnect_base_s=seconds(reconnect_base),
-                reconnect_cap_s=seconds(reconnect_cap),
-                tls_dir=tls_dir or None,
-            ),
-            delivery={
-                "max_retries": max_retries,
-                "circuit_threshold": circuit_threshold,
-                "circuit_cooldown_s": seconds(circuit_cooldown) if circuit_cooldown is not None else None,
-                "error_threshold": error_threshold,
-                "log_size": transmission_log,
-            },
-        )
-        with error_context(f"Create Fleet of model '{m.id}'"):
-            setup.resolve(m)  # the model's retry/breaker settings with the overrides: fail before the loop
+        # Every argument is checked here, before the loop: a refused fleet leaves the running ones untouched.
+        with error_context(f"Create Fleet '{name}'" if name else f"Create Fleet of model '{m.id}'"):
+            setup = FleetSetup(
+                name=name,
+                count=count,
+                id_pattern=id_pattern,
+                seed=seed,
+                connection=ConnectionOverrides(
+                    host=host,
+                    port=port,
+                    qos=qos,
+                    username=username,
+                    password=password.value if password is not None else None,
+                ),
+                options=FleetOptions(
+                    offline_queue_size=offline_queue_size,
+                    reconnect_base_s=seconds(reconnect_base),
+                    reconnect_cap_s=seconds(reconnect_cap),
+                    tls_dir=tls_dir or None,
+                ),
+                delivery={
+                    "max_retries": max_retries,
+                    "circuit_threshold": circuit_threshold,
+                    "circuit_cooldown_s": seconds(circuit_cooldown) if circuit_cooldown is not None else None,
+                    "error_threshold": error_threshold,
+                    "log_size": transmission_log,
+                },
+            )
+            setup.resolve(m)  # the model's retry/breaker settings with the overrides
         sim = self.simulator
 
         def create() -> tuple[str, str, list[str]]:
@@ -258,13 +293,16 @@ class FleetKeywords(LibraryComponent):
         | ``messagesQueued`` | kept for after a reconnect |
         | ``bytesSent`` | payload bytes handed over |
         | ``connects``, ``disconnects``, ``reconnects``, ``connectFailures`` | connection events |
-        | ``commandsReceived``, ``behaviorsFired`` | commands that reached devices, behaviors that fired |
+        | ``commandsReceived``, ``behaviorsFired`` | commands that reached devices, behaviors' events handed over |
         | ``dropoutSteps``, ``dropoutStepsDone`` | the current dropout (see Chaos) |
         | ``circuitState``, ``circuitOpens`` | the circuit breaker (``disabled`` when there is none) |
         | ``retries``, ``failuresByReason`` | request retries, final failures per reason code |
         | ``devicesEnteredError``, ``devicesRecovered`` | devices that went to state error and came back |
         | ``sendLatenessMs`` | how late sends ran against their schedule: ``count``, ``p50``, ``p99``, ``max``, ... |
-        | ``transport`` | protocol details, e.g. ``requestLatencyMs`` for HTTP and CoAP |
+        | ``transport`` | protocol details, e.g. ``requestLatencyMs`` for HTTP and CoAP (below) |
+
+        A behavior's event is never counted as telemetry; the ``transport`` of HTTP, CoAP and Kafka fleets
+        counts the events' outcomes in ``eventsSent`` and ``eventsFailed``.
 
         | ${stats} =    Get Fleet Stats    env
         | Should Be True    ${stats}[messagesSent] > 0

@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from iotix.errors import NotFoundError
+from iotix.errors import ConfigurationError, NotFoundError
 from iotix.generate._values import coerce_value
 from iotix.generate.base import Generator
 from iotix.generate.factory import build_generator, needs_rng
@@ -63,7 +63,12 @@ class DeviceValues:
                 if shared is None:
                     shared = device_rng(model.id, device_id, seed)
                 rng = shared
-            generators[field.name] = build_generator(spec, field.type, rng=rng, base_dir=model.base_dir)
+            try:
+                generators[field.name] = build_generator(
+                    spec, field.type, rng=rng, base_dir=model.base_dir, data_dirs=model.data_roots
+                )
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"model '{model.id}', telemetry field '{field.name}': {exc}") from None
         self._generators = generators
         self._overrides: dict[str, Any] | None = None
 

@@ -39,7 +39,10 @@ _DEFAULTS: dict[str, float] = {
     "heartRate": 72,
     "noise": 0.02,
     "amplitude": 1.2,
+    "sampleSize": 16,
 }
+#: Settings without a default: ``noiseLevel`` (the iotix spelling) is the noise as a fraction of ``amplitude``.
+_OPTIONAL: tuple[str, ...] = ("noiseLevel",)
 # name: (lowest, highest) accepted
 _LIMITS: dict[str, tuple[float, float]] = {
     "samplingRate": (1, 100_000),
@@ -47,7 +50,14 @@ _LIMITS: dict[str, tuple[float, float]] = {
     "heartRate": (20, 300),
     "noise": (0, 5),
     "amplitude": (0.01, 30),
+    "sampleSize": (8, 32),
+    "noiseLevel": (0, 5),
 }
+#: ``sampleSize`` (bits per sample) -> µV per least significant bit. Samples are signed big-endian integers of
+#: ``sampleSize / 8`` bytes, so a reading is ``samples * sampleSize / 8`` bytes (200 x 16 bit = 400 bytes).
+#: 8-bit samples use 16 µV steps (±2.05 mV) so that an R peak still fits; wider samples use 1 µV steps.
+SAMPLE_SIZES: dict[int, float] = {8: 16.0, 16: 1.0, 24: 1.0, 32: 1.0}
+_STRUCT_CODES: dict[int, str] = {8: "b", 16: "h", 32: "i"}
 
 
 @lru_cache(maxsize=64)
@@ -83,14 +93,19 @@ def beat_template(heart_rate: float, sampling_rate: float, amplitude: float) -> 
 
 
 def _read_config(config: dict[str, Any]) -> dict[str, float]:
-    unknown = sorted(set(config) - set(_DEFAULTS))
+    known = (*_DEFAULTS, *_OPTIONAL)
+    unknown = sorted(set(config) - set(known))
     if unknown:
+        raise ConfigurationError(f"unknown ecg_generator setting(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    if "noise" in config and "noiseLevel" in config:
         raise ConfigurationError(
-            f"unknown ecg_generator setting(s) {', '.join(unknown)} (known: {', '.join(_DEFAULTS)})"
+            "give noise (mV) or noiseLevel (a fraction of amplitude, the iotix spelling), not both"
         )
     settings: dict[str, float] = {}
-    for name, default in _DEFAULTS.items():
-        value = config.get(name, default)
+    for name in known:
+        if name not in _DEFAULTS and name not in config:
+            continue
+        value = config.get(name, _DEFAULTS.get(name))
         low, high = _LIMITS[name]
         if not is_number(value):
             raise ConfigurationError(f"{name} must be a number, got {show(value)}")
@@ -99,24 +114,47 @@ def _read_config(config: dict[str, Any]) -> dict[str, float]:
         settings[name] = value
     if not float(settings["samples"]).is_integer():
         raise ConfigurationError(f"samples must be an integer, got {show(settings['samples'])}")
+    if settings["sampleSize"] not in SAMPLE_SIZES:
+        sizes = ", ".join(str(bits) for bits in SAMPLE_SIZES)
+        raise ConfigurationError(
+            f"sampleSize (bits per sample) must be one of {sizes}, got {show(settings['sampleSize'])}"
+        )
+    if "noiseLevel" in settings:
+        settings["noise"] = settings.pop("noiseLevel") * settings["amplitude"]
     return settings
+
+
+def _packer(samples: int, bits: int) -> Callable[[list[int]], bytes]:
+    """Packs ``samples`` signed integers of ``bits`` bits, big-endian."""
+    if bits == 24:
+        return lambda values: b"".join(v.to_bytes(3, "big", signed=True) for v in values)
+    packer = struct.Struct(f">{samples}{_STRUCT_CODES[bits]}")
+    return lambda values: packer.pack(*values)
 
 
 def ecg_generator(config: dict[str, Any], rng: random.Random) -> Callable[[float], bytes]:
     """Synthetic ECG handler factory. SYNTHETIC DATA, NOT FOR DIAGNOSIS.
 
     Config: ``samplingRate`` (Hz, default 500), ``samples`` per reading (default 200), ``heartRate`` (bpm,
-    default 72), ``noise`` (Gaussian, mV stddev, default 0.02), ``amplitude`` (R peak in mV, default 1.2).
+    default 72), ``noise`` (Gaussian, mV stddev, default 0.02) or ``noiseLevel`` (the same as a fraction of
+    ``amplitude``: 0.05 with the default amplitude is 0.06 mV), ``amplitude`` (R peak in mV, default 1.2),
+    ``sampleSize`` (bits per sample: 8, 16 (default), 24 or 32).
 
-    Each reading is ``samples`` signed 16-bit big-endian integers, 1 LSB = 1 µV (so ±32.767 mV). The signal
-    is a sum of Gaussians for the P, Q, R, S and T waves at fixed positions in a beat of RR = 60/heartRate
-    seconds (P and T scaled by sqrt(RR)), plus a 0.25 Hz baseline wander and the noise. It continues across
-    readings: sample k of reading n is at time (n*samples + k)/samplingRate, whatever ``t`` the caller passes.
-    The beat phase and the wander phase come from ``rng``, so devices differ but each is reproducible.
+    Each reading is ``samples`` signed big-endian integers of ``sampleSize`` bits, so ``samples *
+    sampleSize / 8`` bytes; 1 LSB = 1 µV (16 µV for 8-bit samples, see :data:`SAMPLE_SIZES`), values beyond
+    the sample size are clipped (16 bit: ±32.767 mV). The signal is a sum of Gaussians for the P, Q, R, S and
+    T waves at fixed positions in a beat of RR = 60/heartRate seconds (P and T scaled by sqrt(RR)), plus a
+    0.25 Hz baseline wander and the noise. It continues across readings: sample k of reading n is at time
+    (n*samples + k)/samplingRate, whatever ``t`` the caller passes. The beat phase and the wander phase come
+    from ``rng``, so devices differ but each is reproducible.
     """
     settings = _read_config(config)
     rate = float(settings["samplingRate"])
     samples = int(settings["samples"])
+    bits = int(settings["sampleSize"])
+    per_lsb = 1.0 / SAMPLE_SIZES[bits]
+    highest = (1 << (bits - 1)) - 1
+    lowest = -highest - 1
     template, per_second = beat_template(float(settings["heartRate"]), rate, float(settings["amplitude"]))
     size = len(template)
     step = per_second / rate  # template points per output sample
@@ -130,7 +168,7 @@ def ecg_generator(config: dict[str, Any], rng: random.Random) -> Callable[[float
     two_pi = 2.0 * math.pi
     pairs = (samples + 1) // 2
     silence = [0.0] * samples
-    packer = struct.Struct(f">{samples}h")
+    pack = _packer(samples, bits)
     reading = [0]
 
     def noise_block() -> list[float]:
@@ -151,8 +189,10 @@ def ecg_generator(config: dict[str, Any], rng: random.Random) -> Callable[[float
             round(template[int((k * step + beat_offset) % size)] + wander_uv * sin(wander_omega * k + wander_phase) + e)
             for k, e in zip(range(first, first + samples), noise, strict=False)
         ]
-        if max(out) > 32767 or min(out) < -32768:
-            out = [32767 if v > 32767 else -32768 if v < -32768 else v for v in out]
-        return packer.pack(*out)
+        if per_lsb != 1.0:
+            out = [round(v * per_lsb) for v in out]
+        if max(out) > highest or min(out) < lowest:
+            out = [highest if v > highest else lowest if v < lowest else v for v in out]
+        return pack(out)
 
     return next_reading

@@ -4,6 +4,8 @@ with the problems it finds."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from iotix.generate.numeric import (
     make_sequence,
     make_sinusoidal,
 )
-from iotix.generate.replay import make_replay
+from iotix.generate.replay import PendingReplay, data_roots, make_replay
 
 MAKERS: dict[str, Maker] = {
     "random": make_random,
@@ -40,9 +42,19 @@ GENERATOR_TYPES: tuple[str, ...] = tuple(MAKERS)
 
 
 def _make(
-    spec: Any, field_type: str, rng: random.Random, base_dir: Path | None
+    spec: Any,
+    field_type: str,
+    rng: random.Random,
+    base_dir: Path | None,
+    roots: Iterable[str | Path] = (),
+    *,
+    checking: bool = False,
 ) -> tuple[Generator | None, list[Problem]]:
-    """Read ``spec`` and build its generator; the problems found (the generator is None if any)."""
+    """Read ``spec`` and build its generator; the problems found (the generator is None if any).
+
+    ``roots``: data roots for replay files besides ``base_dir``, to which ``IOTIX_DATA_PATH`` is added.
+    ``checking``: a model check, where an absolute replay file outside every root is left for later.
+    """
     if not isinstance(spec, dict):
         return None, [("", f"must be an object with a 'type', got {type(spec).__name__}")]
     gen_type = spec.get("type")
@@ -53,14 +65,19 @@ def _make(
     if field_type not in FIELD_TYPES:
         return None, [("", f"unknown field type {field_type!r} (expected one of: {', '.join(FIELD_TYPES)})")]
     reader = SpecReader(spec, gen_type)
-    generator = MAKERS[gen_type](reader, field_type, rng, base_dir)
+    maker = MAKERS[gen_type]
+    if gen_type == "replay":
+        maker = partial(make_replay, roots=data_roots(roots), defer_outside=checking)
+    generator = maker(reader, field_type, rng, base_dir)
     if reader.problems:
         return None, reader.problems
     assert generator is not None
     return generator, []
 
 
-def check_generator(spec: dict[str, Any], field_type: str, base_dir: Path | None) -> list[tuple[str, str]]:
+def check_generator(
+    spec: dict[str, Any], field_type: str, base_dir: Path | None, data_dirs: Iterable[str | Path] = ()
+) -> list[tuple[str, str]]:
     """The problems of a generator spec for a field of ``field_type``, as (path in the spec, message).
 
     Covers what a JSON schema cannot: relations between values (``max >= min``), data files (present, inside
@@ -68,10 +85,13 @@ def check_generator(spec: dict[str, Any], field_type: str, base_dir: Path | None
     output usable as the field type), value types against the field type. The path is relative to the
     generator spec (``"max"``, ``"values[2]"``, ``"route[1]"``); ``""`` means the spec as a whole. Never
     raises: malformed input is a problem like any other.
+
+    Replay files may lie under ``base_dir`` or a data root (``data_dirs`` and ``IOTIX_DATA_PATH``); an
+    absolute one outside every root is not a problem here: :func:`build_generator` refuses it.
     """
     try:
-        generator, problems = _make(spec, field_type, random.Random(0), base_dir)
-        if generator is not None:
+        generator, problems = _make(spec, field_type, random.Random(0), base_dir, data_dirs, checking=True)
+        if generator is not None and not isinstance(generator, PendingReplay):
             problems = _probe(generator, spec, field_type)
         return problems
     except Exception as exc:  # a bug here must not break model loading
@@ -89,14 +109,21 @@ def _probe(generator: Generator, spec: dict[str, Any], field_type: str) -> list[
 
 
 def build_generator(
-    spec: dict[str, Any], field_type: str, *, rng: random.Random, base_dir: Path | None = None
+    spec: dict[str, Any],
+    field_type: str,
+    *,
+    rng: random.Random,
+    base_dir: Path | None = None,
+    data_dirs: Iterable[str | Path] = (),
 ) -> Generator:
     """The generator of ``spec`` for a field of ``field_type``, drawing randomness from ``rng``.
+
+    Replay files must lie under ``base_dir`` or a data root (``data_dirs`` and ``IOTIX_DATA_PATH``).
 
     Raises :class:`ConfigurationError` listing every problem if the spec is unusable (callers validate with
     :func:`check_generator` first; this is the safety net).
     """
-    generator, problems = _make(spec, field_type, rng, base_dir)
+    generator, problems = _make(spec, field_type, rng, base_dir, data_dirs)
     if generator is None:
         gen_type = spec.get("type") if isinstance(spec, dict) else None
         kind = f"'{gen_type}' generator" if isinstance(gen_type, str) else "generator"

@@ -29,6 +29,8 @@ _INF = math.inf
 _log, _sqrt, _sin, _cos = math.log, math.sqrt, math.sin, math.cos
 _TWO_PI = 2.0 * math.pi
 DISTRIBUTIONS = ("uniform", "normal", "exponential")
+#: An exponential ``random`` generator with ``min`` and ``max`` but no ``mean`` has mean (max - min) / this.
+EXPONENTIAL_MEAN_DIVISOR = 10.0
 
 Output = Callable[[float], Any]
 
@@ -106,7 +108,11 @@ class ExponentialGenerator(Generator):
 
 
 def make_random(r: SpecReader, field_type: str, rng: random.Random, base_dir: Path | None) -> Generator | None:
-    """``random``: uniform (default), normal or exponential, clamped to [min, max] when given."""
+    """``random``: uniform (default), normal or exponential, clamped to [min, max] when given.
+
+    An exponential without ``mean`` but with ``min`` and ``max`` (the iotix format) gets
+    :func:`default_exponential_mean`.
+    """
     r.known(("distribution", "min", "max", "mean", "stddev"))
     r.field_type_in(field_type, NUMERIC_FIELD_TYPES, "numbers")
     precision = r.precision()
@@ -131,9 +137,16 @@ def make_random(r: SpecReader, field_type: str, rng: random.Random, base_dir: Pa
             r.problem("stddev", "is required for the normal distribution unless min and max are both given")
         r.non_negative("stddev", stddev)
     elif distribution == "exponential":
-        if mean is None and not r.has("mean"):
-            r.problem("mean", "is required for the exponential distribution (the mean of the exponential part)")
+        has_range = low is not None and high is not None
+        if mean is None and not has_range and not r.has("mean"):
+            r.problem(
+                "mean",
+                "is required for the exponential distribution (the mean of the exponential part) unless min and "
+                f"max are both given (then the mean is (max - min) / {EXPONENTIAL_MEAN_DIVISOR:g})",
+            )
         r.positive("mean", mean)
+        if mean is None and has_range and low == high:
+            r.problem("max", "must be > min for the exponential distribution without a mean (the default mean is 0)")
         if r.has("stddev"):
             r.problem("stddev", "is not used by the exponential distribution")
     else:
@@ -157,8 +170,19 @@ def make_random(r: SpecReader, field_type: str, rng: random.Random, base_dir: Pa
             assert low is not None and high is not None
             stddev = (high - low) / 6.0
         return NormalGenerator(float(mean), float(stddev), low=clamp_low, high=clamp_high, rng=rng, out=out)
-    assert mean is not None
+    if mean is None:
+        assert low is not None and high is not None
+        mean = default_exponential_mean(low, high)
     return ExponentialGenerator(0.0 if low is None else float(low), float(mean), clamp_high, rng, out)
+
+
+def default_exponential_mean(low: float, high: float) -> float:
+    """The mean of an exponential ``random`` generator given only ``min`` and ``max``: (max - min) / 10.
+
+    Most values then lie near ``min`` (63 % below min + mean, 99.3 % below min + half the range) and about
+    one reading in 22,000 is clamped to ``max``: an AQI of 0..500 averages 50.
+    """
+    return (float(high) - float(low)) / EXPONENTIAL_MEAN_DIVISOR
 
 
 # --- sequence ---------------------------------------------------------------------------------------------

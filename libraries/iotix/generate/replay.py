@@ -3,14 +3,22 @@
 Files are read once per process and the resulting tuple is shared by every device replaying them (a
 module-level cache keyed by resolved path, column, field type and precision, and invalidated when the
 file's modification time or size changes). A device only keeps its position.
+
+Where a ``dataFile`` may lie: under the model's folder, or under a *data root* the user names
+(``IOTIX_DATA_PATH``, folders separated by ``os.pathsep``, and ``data_dir=`` of ``Load Device Models``). The
+path is resolved first (``..`` and symlinks), so nothing escapes every root. An absolute ``dataFile`` outside
+every root (the iotix deployment's ``/data/historical/...``) does not stop a model from loading: it is
+checked when a fleet is created (:func:`build_generator`), and refused then unless it lies under a root.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,40 @@ class ReplayError(ConfigurationError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+#: Environment variable naming data roots: folders (separated by ``os.pathsep``) replay data files may lie under.
+DATA_PATH_ENV = "IOTIX_DATA_PATH"
+
+
+class OutsideDataRoots(ReplayError):
+    """A data file outside the model's folder and every data root."""
+
+
+def env_data_roots() -> tuple[Path, ...]:
+    """The data roots ``IOTIX_DATA_PATH`` names (empty entries skipped, ``~`` expanded)."""
+    raw = os.environ.get(DATA_PATH_ENV, "")
+    return tuple(Path(entry.strip()).expanduser() for entry in raw.split(os.pathsep) if entry.strip())
+
+
+def data_roots(extra: Iterable[str | Path] = ()) -> tuple[Path, ...]:
+    """``extra`` roots (e.g. ``data_dir=``) followed by those of ``IOTIX_DATA_PATH``, without repeats."""
+    roots = [Path(root).expanduser() for root in extra]
+    roots += env_data_roots()
+    return tuple(dict.fromkeys(roots))
+
+
+class PendingReplay(Generator):
+    """Stands in, while a model is checked, for a replay whose absolute ``dataFile`` lies outside every data
+    root: the file is checked when a fleet is created. Never sends: ``next`` raises the reason."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def next(self, t: float) -> Any:
+        raise ConfigurationError(self.reason)
 
 
 class ReplayGenerator(Generator):
@@ -53,8 +95,21 @@ class ReplayGenerator(Generator):
         return value
 
 
-def make_replay(r: SpecReader, field_type: str, rng: random.Random, base_dir: Path | None) -> Generator | None:
-    """``replay``: ``values`` inline, or ``dataFile`` (+ ``column`` for CSV); ``loop`` (default true)."""
+def make_replay(
+    r: SpecReader,
+    field_type: str,
+    rng: random.Random,
+    base_dir: Path | None,
+    *,
+    roots: Iterable[Path] = (),
+    defer_outside: bool = False,
+) -> Generator | None:
+    """``replay``: ``values`` inline, or ``dataFile`` (+ ``column`` for CSV); ``loop`` (default true).
+
+    ``roots`` are the data roots besides ``base_dir`` (see the module docstring). With ``defer_outside``
+    (model checks), an absolute ``dataFile`` outside every root gives a :class:`PendingReplay` instead of a
+    problem.
+    """
     r.known(("values", "dataFile", "column", "loop"))
     precision = r.precision()
     loop = r.boolean("loop", True)
@@ -67,7 +122,16 @@ def make_replay(r: SpecReader, field_type: str, rng: random.Random, base_dir: Pa
     if r.has("values"):
         values = _inline_values(r, field_type, precision)
     elif r.has("dataFile"):
-        values = _file_values(r, field_type, precision, base_dir)
+        try:
+            values = _file_values(r, field_type, precision, base_dir, tuple(roots))
+        except OutsideDataRoots as exc:
+            if defer_outside and Path(str(r.spec["dataFile"])).is_absolute():
+                return PendingReplay(str(exc))
+            r.problem(exc.path, str(exc))
+            return None
+        except ReplayError as exc:
+            r.problem(exc.path, str(exc))
+            return None
     else:
         r.problem("dataFile", "the 'replay' generator needs 'dataFile' (a CSV or JSON file) or 'values' (a list)")
         return None
@@ -95,18 +159,19 @@ def _inline_values(r: SpecReader, field_type: str, precision: int | None) -> tup
 
 
 def _file_values(
-    r: SpecReader, field_type: str, precision: int | None, base_dir: Path | None
+    r: SpecReader, field_type: str, precision: int | None, base_dir: Path | None, roots: tuple[Path, ...]
 ) -> tuple[Any, ...] | None:
+    """The values of the data file; raises :class:`OutsideDataRoots` (other problems are recorded)."""
     name = r.string("dataFile")
     column = r.string("column")
     if name is None:
         return None
+    if Path(name).suffix.lower() != ".json" and column is None:
+        if not r.has("column"):  # else a malformed column, already reported
+            r.problem("column", "is required for a CSV 'dataFile' (the header row names the columns)")
+        return None
+    path = resolve_data_file(name, base_dir, roots)
     try:
-        path = resolve_data_file(name, base_dir)
-        if path.suffix.lower() != ".json" and column is None:
-            if r.has("column"):
-                return None  # malformed column: already reported
-            raise ReplayError("column", "is required for a CSV 'dataFile' (the header row names the columns)")
         return load_values(path, column, field_type, precision, display=name)
     except ReplayError as exc:
         r.problem(exc.path, str(exc))
@@ -115,17 +180,41 @@ def _file_values(
     return None
 
 
-def resolve_data_file(name: str, base_dir: Path | None) -> Path:
-    """The absolute path of data file ``name``, which must stay inside ``base_dir`` (default: the cwd)."""
-    root = (base_dir if base_dir is not None else Path.cwd()).resolve()
-    candidate = (root / name).resolve()
-    if not candidate.is_relative_to(root):
-        raise ReplayError("dataFile", f"path '{name}' escapes the model's folder; keep data files under {root}")
+def resolve_data_file(name: str, base_dir: Path | None, roots: Iterable[Path] = ()) -> Path:
+    """The absolute path of data file ``name`` (relative to ``base_dir``, default the cwd).
+
+    After resolving ``..`` and symlinks it must lie under ``base_dir`` or one of ``roots``: otherwise
+    :class:`OutsideDataRoots` says how to allow it. A missing file or a folder is a :class:`ReplayError`.
+    """
+    home = (base_dir if base_dir is not None else Path.cwd()).resolve()
+    allowed = [home, *(Path(root).expanduser().resolve() for root in roots)]
+    try:
+        candidate = (home / name).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ReplayError("dataFile", f"cannot resolve '{name}': {exc}") from None
+    if not any(candidate.is_relative_to(root) for root in allowed):
+        raise OutsideDataRoots("dataFile", _outside_message(name, candidate, home, allowed[1:]))
     if not candidate.exists():
         raise ReplayError("dataFile", f"file '{name}' not found (looked in {candidate.parent})")
     if not candidate.is_file():
         raise ReplayError("dataFile", f"'{name}' is not a file ({candidate})")
     return candidate
+
+
+def _outside_message(name: str, candidate: Path, home: Path, roots: list[Path]) -> str:
+    literal = Path(os.path.normpath(home / name))
+    via = f" (it resolves to {candidate})" if literal != candidate else ""
+    listing = ", ".join(f"{root}{'' if root.is_dir() else ' (missing)'}" for root in roots) or "none"
+    allow = (
+        f"add the folder to {DATA_PATH_ENV} (folders separated by '{os.pathsep}') or pass it as data_dir= to "
+        f"Load Device Models (--data-dir of iotix validate and sample); data roots now: {listing}"
+    )
+    if not Path(name).is_absolute():
+        return f"path '{name}'{via} escapes the model's folder; keep data files under {home}, or {allow}"
+    return (
+        f"path '{name}'{via} is outside the model's folder ({home}) and every data root: to allow it, {allow}; "
+        "or point dataFile at a file in the model's folder (IoTix ships models/data/sensor-readings.csv)"
+    )
 
 
 def load_values(

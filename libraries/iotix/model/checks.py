@@ -14,6 +14,7 @@ values of the field's type, ...).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from iotix.behavior import ConditionError, TemplateError, compile_condition, com
 from iotix.generate import check_generator
 from iotix.model.errors import Problem
 from iotix.model.schema_errors import PathParts, format_path, show
+from iotix.model.types import is_firmware_update
 
 #: Variables every template may use.
 BASE_VARIABLES: tuple[str, ...] = ("deviceId", "index", "modelId", "fleet", "seq", "ts")
@@ -60,8 +62,16 @@ _PARAMETER_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def semantic_problems(data: dict[str, Any], base_dir: Path | None, broken: Collection[PathParts]) -> list[Problem]:
-    """Every semantic problem of ``data``; ``broken`` holds the paths the schema already rejected."""
+def semantic_problems(
+    data: dict[str, Any],
+    base_dir: Path | None,
+    broken: Collection[PathParts],
+    data_dirs: Iterable[str | Path] = (),
+) -> list[Problem]:
+    """Every semantic problem of ``data``; ``broken`` holds the paths the schema already rejected.
+
+    ``data_dirs``: data roots replay files may lie under besides ``base_dir`` (``IOTIX_DATA_PATH`` too).
+    """
     return [
         *_unique_names(data, "telemetry", "telemetry field"),
         *_unique_names(data, "commands", "command"),
@@ -71,7 +81,7 @@ def semantic_problems(data: dict[str, Any], base_dir: Path | None, broken: Colle
         *_command_problems(data),
         *_behavior_problems(data),
         *_payload_problems(data),
-        *_generator_problems(data, base_dir, broken),
+        *_generator_problems(data, base_dir, broken, data_dirs),
     ]
 
 
@@ -180,6 +190,8 @@ PROTOCOL_KEYS: dict[str, frozenset[str]] = {
             "mqttVersion",
             "lastWill",
             "commandTopicPattern",
+            "connectTimeoutMs",
+            "maxInflight",
         }
     ),
     "coap": frozenset({"path", "confirmable", "mode", "serverPort", "ackTimeoutMs", "maxRetransmit"}),
@@ -199,7 +211,7 @@ PROTOCOL_KEYS: dict[str, frozenset[str]] = {
             "telemetryOver",
         }
     ),
-    "kafka": frozenset({"bootstrap", "topic", "acks", "compression", "lingerMs", "maxBlockMs", "producers"}),
+    "kafka": frozenset({"bootstrap", "topic", "acks", "compression", "lingerMs", "maxBlockMs", "producers", "sasl"}),
 }
 
 
@@ -233,7 +245,59 @@ def _connection_problems(data: dict[str, Any]) -> list[Problem]:
     if "bodyTemplate" in connection:
         body_variables = (*BASE_VARIABLES, *field_types(data))
         problems += template_problems(connection["bodyTemplate"], ("connection", "bodyTemplate"), body_variables)
-    return problems + _http_flow_problems(connection)
+    return problems + _http_flow_problems(connection) + unused_key_problems(data.get("protocol"), connection)
+
+
+def unused_key_problems(protocol: Any, connection: dict[str, Any]) -> list[Problem]:
+    """Keys the schema accepts that this model's protocol, mode or flow would not use: refused, never ignored.
+
+    (Keys of another protocol altogether are :data:`PROTOCOL_KEYS`'s business.)
+    """
+    if not isinstance(protocol, str):
+        return []
+    unused: dict[str, str] = {}
+    mqtt_telemetry = protocol == "mqtt" or (
+        protocol == "http" and connection.get("flow") == "iotflow" and connection.get("telemetryOver") == "mqtt"
+    )
+    if not mqtt_telemetry and "qos" in connection:
+        unused["qos"] = "MQTT QoS: only for protocol 'mqtt' (and IoTFlow devices with telemetryOver 'mqtt')"
+    if protocol in ("mqtt", "kafka") and "method" in connection:
+        unused["method"] = "only for protocols 'coap' and 'http'"
+    if protocol == "coap":
+        if "tls" in connection:
+            unused["tls"] = (
+                "CoAP over DTLS is not supported: IoTix sends CoAP over plain UDP only; remove connection.tls"
+            )
+        for key in ("username", "password"):
+            if key in connection:
+                unused[key] = "CoAP has no user name/password login; remove it"
+        if connection.get("mode") == "server":
+            why = "not used in CoAP server mode (devices listen on serverPort + index and answer requests)"
+            for key in ("path", "method", "confirmable", "ackTimeoutMs", "maxRetransmit"):
+                if key in connection:
+                    unused[key] = why
+        elif "serverPort" in connection:
+            unused["serverPort"] = "only for connection.mode 'server'"
+    if protocol == "kafka":
+        for key in ("username", "password"):
+            if key in connection:
+                unused[key] = f"Kafka logs in with SASL: use connection.sasl.{key} (and connection.sasl.mechanism)"
+    if protocol == "http":
+        url = connection.get("url")
+        if "tls" in connection and isinstance(url, str) and url.lower().startswith("http://"):
+            unused["tls"] = f"TLS applies to https:// URLs only, and connection.url is {show(url)}: use https://"
+        if "username" in connection:
+            unused["username"] = "HTTP has no user name: the password (or connection.token) is the bearer token"
+    request_based = protocol in ("http", "kafka") or (protocol == "coap" and connection.get("mode") != "server")
+    if protocol == "coap" and connection.get("confirmable") is False:
+        request_based = False
+    if protocol == "http" and connection.get("telemetryOver") == "mqtt":
+        request_based = False
+    if not request_based:
+        for key in ("retry", "circuitBreaker"):
+            if key in connection:
+                unused[key] = "only for request-based sends (HTTP, CoAP confirmable client requests, Kafka)"
+    return [(format_path(("connection", key)), message) for key, message in unused.items()]
 
 
 def _http_flow_problems(connection: dict[str, Any]) -> list[Problem]:
@@ -260,6 +324,13 @@ def _command_problems(data: dict[str, Any]) -> list[Problem]:
                 (
                     format_path(("commands", index, "topic")),
                     "required for protocol 'mqtt' when connection.commandTopicPattern is not set",
+                )
+            )
+        if "durationMs" in command and not is_firmware_update(str(command.get("name", ""))):
+            problems.append(
+                (
+                    format_path(("commands", index, "durationMs")),
+                    "only an updateFirmware command has a duration (its download); remove it",
                 )
             )
         problems += _parameter_problems(command, index)
@@ -296,15 +367,35 @@ def _behavior_problems(data: dict[str, Any]) -> list[Problem]:
     action_variables = (*BASE_VARIABLES, *fields)
     problems: list[Problem] = []
     for index, behavior in _entries(data, "behaviors"):
-        condition = behavior.get("condition")
+        condition, parts = behavior.get("condition"), ("behaviors", index, "condition")
+        trigger = behavior.get("trigger")
+        if condition is None and isinstance(trigger, dict):  # the iotix format: trigger {type: condition, ...}
+            condition, parts = trigger.get("condition"), ("behaviors", index, "trigger", "condition")
         if isinstance(condition, str) and condition.strip():
-            problems += _condition_problems(condition, ("behaviors", index, "condition"), fields)
+            problems += _condition_problems(condition, parts, fields)
         action = behavior.get("action")
         if isinstance(action, dict):
             for key in ("topic", "payload"):
                 if key in action:
                     problems += template_problems(action[key], ("behaviors", index, "action", key), action_variables)
+            if isinstance(action.get("topic"), str):
+                problems += _destination_problems(data.get("protocol"), action["topic"], index)
     return problems
+
+
+_KAFKA_TOPIC_TEXT = re.compile(r"^[A-Za-z0-9._-]*$")
+
+
+def _destination_problems(protocol: Any, topic: str, index: int) -> list[Problem]:
+    """Whether a behavior's destination can be one for the protocol: a Kafka topic name (its text outside
+    ``${...}``), an HTTP URL or path (a URL only ``http://`` or ``https://``)."""
+    where = format_path(("behaviors", index, "action", "topic"))
+    literal = re.sub(r"\$\{[^}]*\}", "", topic)
+    if protocol == "kafka" and not _KAFKA_TOPIC_TEXT.match(literal):
+        return [(where, f"{show(topic)} is not a Kafka topic name: letters, digits, '.', '_' and '-' only")]
+    if protocol == "http" and "://" in topic and not topic.lower().startswith(("http://", "https://", "${")):
+        return [(where, f"{show(topic)}: an HTTP destination is a path or an http:// or https:// URL")]
+    return []
 
 
 def _condition_problems(condition: str, parts: PathParts, fields: tuple[str, ...]) -> list[Problem]:
@@ -362,7 +453,9 @@ def _payload_problems(data: dict[str, Any]) -> list[Problem]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _generator_problems(data: dict[str, Any], base_dir: Path | None, broken: Collection[PathParts]) -> list[Problem]:
+def _generator_problems(
+    data: dict[str, Any], base_dir: Path | None, broken: Collection[PathParts], data_dirs: Iterable[str | Path]
+) -> list[Problem]:
     """``iotix.generate.check_generator`` on each telemetry field the schema accepted."""
     problems: list[Problem] = []
     for index, item in _entries(data, "telemetry"):
@@ -376,7 +469,7 @@ def _generator_problems(data: dict[str, Any], base_dir: Path | None, broken: Col
             problems.append((format_path(("telemetry", index, "type")), f"{message}, got {field_type!r}"))
             field_type = handler_type  # check the parameters as if the type were right
         prefix = ("telemetry", index, "generator")
-        for relative, message in _check_generator(generator, field_type, base_dir):
+        for relative, message in _check_generator(generator, field_type, base_dir, data_dirs):
             problems.append((_join(prefix, relative), message))
     return problems
 
@@ -388,8 +481,10 @@ def _handler_field_type(generator: dict[str, Any]) -> str | None:
     return BUILTIN_HANDLER_FIELD_TYPES.get(str(generator.get("handler")))
 
 
-def _check_generator(spec: dict[str, Any], field_type: str, base_dir: Path | None) -> list[Problem]:
+def _check_generator(
+    spec: dict[str, Any], field_type: str, base_dir: Path | None, data_dirs: Iterable[str | Path]
+) -> list[Problem]:
     try:
-        return list(check_generator(spec, field_type, base_dir))
+        return list(check_generator(spec, field_type, base_dir, data_dirs))
     except Exception as exc:  # a bug in a checker must still end as a model problem, not a traceback
         return [("", f"could not check the generator: {type(exc).__name__}: {exc}")]

@@ -253,10 +253,10 @@ def _convert(error: ValidationError) -> list[tuple[PathParts, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def schema_problems(data: Any) -> list[tuple[PathParts, str]]:
+def schema_problems(data: Any, validator: Draft202012Validator | None = None) -> list[tuple[PathParts, str]]:
     """Every schema violation in ``data`` as ``(path parts, message)``, in document-path order, without
-    duplicates."""
-    errors = sorted(_validator().iter_errors(data), key=lambda e: _sort_key(tuple(e.absolute_path)))
+    duplicates. ``validator`` checks against another schema (scenario files); default: the device model's."""
+    errors = sorted((validator or _validator()).iter_errors(data), key=lambda e: _sort_key(tuple(e.absolute_path)))
     return list(dict.fromkeys(problem for error in errors for problem in _convert(error)))
 
 

@@ -26,6 +26,15 @@ class TelemetryField:
     description: str | None = None
 
 
+#: Command names (lower case) that devices act on as a firmware update.
+FIRMWARE_UPDATE_COMMANDS = ("updatefirmware", "update_firmware")
+
+
+def is_firmware_update(command_name: str) -> bool:
+    """Whether a command of this name is a firmware update (``updateFirmware``, any case, or ``update_firmware``)."""
+    return command_name.lower() in FIRMWARE_UPDATE_COMMANDS
+
+
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
     name: str
@@ -33,6 +42,8 @@ class CommandSpec:
     response_topic: str | None = None
     parameters: tuple[dict[str, Any], ...] = ()
     description: str | None = None
+    failure_rate: float = 0.0  # the share of executions that fail (reproducible with the fleet's seed)
+    duration_ms: int | None = None  # updateFirmware: how long the download takes (None: the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +66,7 @@ class PayloadSpec:
 class DeviceModel:
     id: str
     name: str
-    version: str
+    version: str | None  # optional (the iotix format has none)
     type: DeviceType
     protocol: Protocol
     connection: dict[str, Any]
@@ -67,6 +78,7 @@ class DeviceModel:
     payload: PayloadSpec = PayloadSpec()
     source: Path | None = None  # the file it was loaded from
     base_dir: Path | None = None  # where relative data files resolve (the file's folder)
+    data_roots: tuple[Path, ...] = ()  # data_dir= given when loading: more folders replay files may lie under
 
     def get_field(self, name: str) -> TelemetryField:
         for f in self.telemetry:
@@ -77,3 +89,18 @@ class DeviceModel:
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.telemetry)
+
+    @property
+    def firmware_version(self) -> str | None:
+        """The firmware version devices of this model start with: ``metadata.firmwareVersion`` or
+        ``metadata.firmware``, else the IoTFlow registration's ``firmware_version`` (when it is plain text),
+        else the model's ``version``."""
+        for key in ("firmwareVersion", "firmware"):
+            firmware = self.metadata.get(key)
+            if isinstance(firmware, (str, int, float)) and not isinstance(firmware, bool):
+                return str(firmware)
+        registration = self.connection.get("registration")
+        registered = registration.get("firmware_version") if isinstance(registration, dict) else None
+        if isinstance(registered, str) and "${" not in registered:
+            return registered
+        return self.version

@@ -12,10 +12,11 @@ Test Teardown       Delete All Fleets
 
 *** Variables ***
 @{SHIPPED}          air-quality-monitor    camera    coap-smart-plug    coap-soil-sensor    door-lock    ecg-monitor-v1
-...                 environmental-sensor-v1    gps-tracker    industrial-gateway-v1    iotflow-hybrid-sensor
+...                 ecg-monitor-plus    environmental-sensor-v1    environmental-sensor-plus    gps-tracker
+...                 industrial-gateway-v1    industrial-gateway-plus    iotflow-hybrid-sensor
 ...                 iotflow-smart-sensor    iotflow-smart-sensor-energy-efficient    iotflow-smart-sensor-high-frequency
-...                 iotflow-smart-sensor-industrial    kafka-vehicle-telemetry    replay-sensor-v1    secure-env-sensor
-...                 simple-temperature    smart-meter
+...                 iotflow-smart-sensor-industrial    kafka-vehicle-telemetry    replay-sensor-v1    replay-sensor-plus
+...                 secure-env-sensor    simple-temperature    simple-temperature-plus    smart-meter
 ...                 smart-sensor-default    smart-sensor-energy-efficient    smart-sensor-high-frequency
 ...                 smart-sensor-industrial    temperature-sensor    thermostat
 # Four problems: a number where a string is expected, a QoS out of range, an unknown template variable and a
