@@ -11,6 +11,7 @@ from iotix._robot.delivery_keywords import DeliveryKeywords
 from iotix._robot.device_keywords import DeviceKeywords
 from iotix._robot.fleet_keywords import FleetKeywords, ModelKeywords
 from iotix._robot.library import DEFAULT_TIMEOUT, IoTixLibrary
+from iotix._robot.scenario_keywords import ScenarioKeywords
 
 __all__ = ["DeviceFleet", "__version__"]
 
@@ -31,11 +32,12 @@ class DeviceFleet(IoTixLibrary):
     keywords about one device (`Get Device Status`, `Set Telemetry Override`, ...) take just its id.
 
     The keywords come in groups: models and fleets (`Create Fleet`, `Start Fleet`,
-    `Wait Until Fleet Is Running`, `Get Fleet Stats`, ...), single devices (`Get Device Status`,
-    overrides, received commands), CSV files of devices, transmission logs and the circuit breaker, and
-    device certificates for mutual TLS. Dropouts are in the ``iotix.Chaos`` library, test clients and
-    receivers in ``iotix.ProtocolClient``, telemetry figures in ``iotix.Metrics``; all four libraries
-    share the fleets of the process.
+    `Wait Until Fleet Is Running`, `Get Fleet Stats`, ...), sites of several models at once
+    (`Create Fleets From Scenario`, with IoTFlow's home, office and factory presets), single devices
+    (`Get Device Status`, overrides, received commands), CSV files of devices, transmission logs and the
+    circuit breaker, and device certificates for mutual TLS. Dropouts are in the ``iotix.Chaos`` library,
+    test clients and receivers in ``iotix.ProtocolClient``, telemetry figures in ``iotix.Metrics``; all
+    four libraries share the fleets of the process.
 
     = Counters =
 
@@ -76,6 +78,7 @@ class DeviceFleet(IoTixLibrary):
             [
                 ModelKeywords(self),
                 FleetKeywords(self),
+                ScenarioKeywords(self),
                 DeviceKeywords(self),
                 CsvKeywords(self),
                 DeliveryKeywords(self),
