@@ -46,6 +46,9 @@ class ProtocolClient(IoTixLibrary):
 
     Aliases are exact (``Default`` is not ``default``); an alias is used once until its connection is
     closed. A keyword that takes an alias fails with the aliases there are when it names none of them.
+    `Wait Until Messages Received` and `Get Received Messages` without an alias read the one connection
+    subscribed to their topic (itself, else within a wildcard subscription) and name the candidates when
+    there are several.
 
     = Local servers =
 

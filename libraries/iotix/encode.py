@@ -26,6 +26,8 @@ from iotix.model.types import DeviceModel
 Encoder = Callable[[str, int, int, dict[str, Any]], bytes]
 
 ENVELOPE_KEYS = ("deviceId", "seq", "ts")
+#: The envelope key of a device's firmware version, present once an updateFirmware command changed it.
+FIRMWARE_KEY = "firmwareVersion"
 
 
 def make_encoder(model: DeviceModel) -> Encoder:

@@ -280,6 +280,61 @@ def test_commands_reboot_and_set_interval_with_response(h: Harness) -> None:
     assert device.interval_override_s == 0.05  # unchanged
 
 
+def test_update_firmware_reports_progress_and_result_reboots_and_runs_the_new_version(h: Harness) -> None:
+    """mosquitto_sub (not IoTix) sees the progress and the result on the response topic; the device reboots,
+    its status and its telemetry name the new version."""
+    if MOSQUITTO_SUB is None:
+        pytest.skip("mosquitto_sub missing")
+    data = model_dict(model_id="it-gw", interval_ms=100, qos=1)
+    data["connection"]["commandTopicPattern"] = "it/${deviceId}/cmd/${command}"
+    data["commands"] = [
+        {
+            "name": "updateFirmware",
+            "responseTopic": "it/${deviceId}/cmd/updateFirmware/response",
+            "parameters": [{"name": "version", "type": "string", "required": True}, {"name": "url", "type": "string"}],
+            "durationMs": 400,
+        }
+    ]
+    data["metadata"] = {"firmware": "1.0.0"}
+    sub = subprocess.Popen(
+        [MOSQUITTO_SUB, "-h", h.broker.host, "-p", str(h.broker.port), "-t", "it/fw-0/cmd/+/response", "-q", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    probe = h.receiver("it/it-gw/fw-0/telemetry")
+    fleet = h.fleet("fw", data, 1)
+    h.start(fleet)
+    h.running(fleet)
+    device = fleet.devices[0]
+    time.sleep(0.3)
+    assert fleet.device_status(device)["firmwareVersion"] == "1.0.0"
+    h.rt.call(probe.publish, "it/fw-0/cmd/updateFirmware", b'{"version": "1.1.0", "url": "https://fw/x.bin"}', 1)
+    h.wait(lambda: device.reconnects == 1 and device.state is DeviceState.RUNNING, what="reboot after the update")
+    assert fleet.device_status(device)["firmwareVersion"] == "1.1.0"
+    assert device.commands is not None and device.commands[0]["status"] == "ok"
+    seen = len(probe.subscription("it/it-gw/fw-0/telemetry").messages)
+    messages = h.rt.call(probe.wait_for, "it/it-gw/fw-0/telemetry", seen + 3, 10.0)
+    latest = json.loads(messages[-1].payload)
+    assert latest["firmwareVersion"] == "1.1.0" and latest["deviceId"] == "fw-0"
+    time.sleep(0.3)
+    sub.terminate()
+    out, _ = sub.communicate(timeout=5)
+    bodies = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [b["status"] for b in bodies] == [
+        "accepted",
+        "downloading",
+        "downloading",
+        "downloading",
+        "downloading",
+        "downloading",
+        "ok",
+    ]
+    assert [b.get("progress") for b in bodies[1:6]] == [0, 25, 50, 75, 100]
+    assert bodies[-1]["firmwareVersion"] == "1.1.0" and bodies[-1]["previousVersion"] == "1.0.0"
+    progress_times = [b["ts"] for b in bodies[1:6]]
+    assert progress_times[-1] - progress_times[0] >= 350  # the download took durationMs (400 ms)
+
+
 def test_behavior_fires_on_override_with_values_substituted(h: Harness) -> None:
     data = model_dict(interval_ms=50)
     data["behaviors"] = [

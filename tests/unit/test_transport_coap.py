@@ -239,6 +239,61 @@ def test_without_a_socket_a_send_is_not_sent() -> None:
     run(main)
 
 
+def test_an_event_is_a_post_to_its_own_path_counted_apart_from_telemetry() -> None:
+    """A behavior's event (send with a topic): POST to that path (JSON or text content format), even for a PUT
+    fleet; a 2.xx answer counts in eventsSent, anything else in eventsFailed with the device's last error:
+    never as telemetry."""
+
+    async def main() -> None:
+        transport, (link,), outcomes, peer, port = await connected_client(CHANGED, method="PUT")
+        assert transport.send(link, b'{"alert":"hot"}', topic="alerts/fake-0")
+        assert transport.send(link, b"hot!", topic="/alerts/text")
+        await until(lambda: transport.events_sent == 2)
+        json_event, text_event = (aiocoap.Message.decode(d) for d in peer.received)
+        assert json_event.code == aiocoap.POST and json_event.mtype == aiocoap.CON
+        assert json_event.opt.uri_path == ("alerts", "fake-0") and json_event.opt.content_format == 50
+        assert text_event.opt.uri_path == ("alerts", "text") and text_event.opt.content_format == 0
+        assert (json_event.payload, text_event.payload) == (b'{"alert":"hot"}', b"hot!")
+        peer.code = NOT_FOUND
+        assert transport.send(link, b"{}", topic="nowhere")
+        await until(lambda: transport.events_failed == 1)
+        assert outcomes.not_sent_reasons == [
+            ("fake-0", f"event: CoAP POST coap://127.0.0.1:{port}/nowhere: 4.04 Not Found")
+        ]
+        assert outcomes.acked == [] and outcomes.failures == [] and transport.latency.count == 0
+        info = transport.describe()
+        assert (info["eventsSent"], info["eventsFailed"], info["inFlight"]) == (2, 1, 0)
+        await transport.close()
+
+    run(main)
+
+
+def test_an_unanswered_event_is_not_retried_and_fails_as_an_event() -> None:
+    async def main() -> None:
+        transport, (link,), outcomes, _, port = await connected_client(None, ackTimeoutMs=20, maxRetransmit=0)
+        assert transport.send(link, b"{}", topic="alerts")
+        await until(lambda: transport.events_failed == 1)
+        ((who, reason),) = outcomes.not_sent_reasons
+        assert who == "fake-0" and reason.startswith(f"event: CoAP POST coap://127.0.0.1:{port}/alerts: timeout")
+        assert outcomes.failures == [] and transport.in_flight == 0
+        await transport.close()
+
+    run(main)
+
+
+def test_a_non_event_is_counted_when_sent() -> None:
+    async def main() -> None:
+        transport, (link,), outcomes, peer, _ = await connected_client(CHANGED, confirmable=False)
+        assert transport.send(link, b"{}", topic="alerts")
+        await until(lambda: len(peer.received) == 1)
+        (event,) = peer.messages()
+        assert (event.mtype, event.code) == (NON, CODE_POST)
+        assert transport.events_sent == 1 and outcomes.acked == [] and outcomes.not_sent_reasons == []
+        await transport.close()
+
+    run(main)
+
+
 def test_client_devices_have_no_address_of_their_own() -> None:
     async def main() -> None:
         transport, (link,), _, _, _ = await connected_client(CHANGED)
@@ -316,7 +371,14 @@ def test_server_devices_answer_on_their_address_and_hand_commands_to_the_outcome
         answer = await client.request(CODE_POST, "/commands/setInterval", b"{}", mid=4)
         assert answer.code == BAD_REQUEST and json.loads(answer.payload)["status"] == "error"
         assert len(outcomes.commands) == 2
-        assert transport.send(link, b"{}", topic="elsewhere") is False  # nothing but its resources
+        # an event (a behavior's destination) becomes a resource of the device; its own paths are refused
+        assert transport.send(link, b'{"alert":1}', topic="elsewhere") is True
+        answer = await client.request(CODE_GET, "/elsewhere", mid=5)
+        assert (answer.code, answer.payload) == (CONTENT, b'{"alert":1}')
+        assert transport.send(link, b"{}", topic="telemetry/temperature") is False
+        assert outcomes.not_sent_reasons == [
+            ("fake-0", f"event: coap://127.0.0.1:{port}/telemetry/temperature is one of the device's own resources")
+        ]
 
         assert client.transport is not None
         client.transport.close()
@@ -325,5 +387,56 @@ def test_server_devices_answer_on_their_address_and_hand_commands_to_the_outcome
         assert transport.device_address(link) == address  # where it listened; a reconnect binds it again
         await transport.close()
         assert outcomes.failures == [] and outcomes.problems == []
+
+    run(main)
+
+
+def test_a_server_device_offers_its_behaviors_destinations_as_observable_resources() -> None:
+    """A behavior's topic that uses only the device's variables is a resource from the start (an observer
+    can wait on it); one that uses a reading's value appears with its first event."""
+
+    async def main() -> None:
+        data = model()
+        data["behaviors"] = [
+            {
+                "name": "hot",
+                "condition": "temperature > 50",
+                "action": {"type": "publish", "topic": "alerts/${deviceId}"},
+            },
+            {
+                "name": "per-value",
+                "condition": "temperature > 60",
+                "action": {"type": "publish", "topic": "v/${temperature}"},
+            },
+        ]
+        links, outcomes = make_links(1), FakeOutcomes()
+        transport = create(make_spec(data, {"mode": "server", "serverPort": 0}), links, outcomes)
+        assert isinstance(transport, CoapServerTransport)
+        (link,) = links
+        await transport.connect(link)
+        port = transport.server_port_of(link)
+        client = await aiocoap.Context.create_client_context()
+        try:
+            request = aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/alerts/fake-0", observe=0)
+            observed = client.request(request)
+            first = await asyncio.wait_for(observed.response, 5)
+            assert first.code == aiocoap.CONTENT and first.payload == b""  # there before its first event
+            notifications = observed.observation.__aiter__()
+            assert transport.send(link, b'{"alert":"hot","t":55}', topic="alerts/fake-0")
+            note = await asyncio.wait_for(notifications.__anext__(), 5)
+            assert note.payload == b'{"alert":"hot","t":55}' and note.opt.content_format == 50
+            missing = aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/v/61")
+            assert (await asyncio.wait_for(client.request(missing).response, 5)).code == aiocoap.NOT_FOUND
+            assert transport.send(link, b"61 degrees", topic="v/61")
+            again = aiocoap.Message(code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/v/61")
+            answer = await asyncio.wait_for(client.request(again).response, 5)
+            assert (answer.code, answer.payload, answer.opt.content_format) == (aiocoap.CONTENT, b"61 degrees", 0)
+            info = transport.describe()
+            assert (info["eventsSent"], info["eventsFailed"]) == (2, 0)
+            assert outcomes.acked == [] and outcomes.not_sent_reasons == []
+        finally:
+            observed.observation.cancel()
+            await client.shutdown()
+            await transport.close()
 
     run(main)

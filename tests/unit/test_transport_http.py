@@ -453,6 +453,60 @@ def test_iotflow_registers_each_device_and_telemetry_carries_its_api_key() -> No
     run(scenario)
 
 
+def test_an_event_is_a_post_to_the_path_or_url_it_names_and_not_telemetry() -> None:
+    """A behavior's event (send with a topic): POST (even for a PUT fleet) to that path on the fleet's server or
+    to a full URL, with the device's headers and a JSON or text Content-Type; counted as an event, never
+    acknowledged as telemetry; a failed one becomes the device's last error."""
+    server = Server()
+
+    async def scenario() -> None:
+        async with serving(server) as url:
+            outcomes, links = FakeOutcomes(), make_links(1)
+            model = http_model(url + "/t/${deviceId}", method="PUT", headers={"X-Device": "${deviceId}"}, token="tk")
+            transport = create(make_spec(model), links, outcomes)
+            await connected(transport, links)
+            assert transport.send(links[0], b'{"alert":"hot"}', topic="alerts/fake-0")
+            assert transport.send(links[0], b"hot!", topic=f"{url}/absolute/alerts?level=2")
+            await until(lambda: transport.events_sent == 2, what="two events")
+            server.status = 404
+            assert transport.send(links[0], b"{}", topic="/missing")
+            await until(lambda: transport.events_failed == 1, what="the failed event")
+            info = transport.describe()
+            await transport.close()
+        assert outcomes.acked == [] and outcomes.failures == [] and transport.latency.count == 0
+        assert (info["eventsSent"], info["eventsFailed"]) == (2, 1)
+        (first, second, third) = server.requests
+        assert (first[0], first[1], first[3]) == ("POST", "/alerts/fake-0", b'{"alert":"hot"}')
+        assert first[2]["Content-Type"] == "application/json"
+        assert first[2]["X-Device"] == "fake-0" and first[2]["Authorization"] == "Bearer tk"
+        assert (second[0], second[1], second[3]) == ("POST", "/absolute/alerts", b"hot!")
+        assert second[2]["Content-Type"].startswith("text/plain")
+        assert third[1] == "/missing"
+        ((who, reason),) = outcomes.not_sent_reasons
+        assert who == "fake-0" and reason == f"event: HTTP 404 from POST {url}/missing: ok"
+
+    run(scenario)
+
+
+def test_iotflow_events_carry_the_device_s_api_key() -> None:
+    server = Server()
+
+    async def scenario() -> None:
+        async with serving(server) as url:
+            outcomes, links = FakeOutcomes(), make_links(1)
+            transport = create(make_spec(iotflow_model(url, heartbeatIntervalMs=0)), links, outcomes)
+            await connected(transport, links)
+            assert transport.send(links[0], b'{"alert":"low battery"}', topic="/api/v1/alerts")
+            await until(lambda: transport.events_sent == 1, what="the event")
+            await transport.close()
+        [(method, path, headers, body)] = [r for r in server.requests if r[1] != REGISTER]
+        assert (method, path, body) == ("POST", "/api/v1/alerts", b'{"alert":"low battery"}')
+        assert headers["X-API-Key"] == "key-fake-0-0123456789"
+        assert outcomes.acked == []
+
+    run(scenario)
+
+
 def test_iotflow_registration_is_kept_across_reconnects() -> None:
     server = Server()
 

@@ -30,7 +30,11 @@ class DeviceKeywords(LibraryComponent):
         | ``nextSeq`` | the ``seq`` of the device's next telemetry envelope |
         | ``lastError`` | the last thing that went wrong (None if nothing did) |
         | ``commandsReceived`` | commands that reached the device |
+        | ``firmwareVersion`` | the firmware it runs (below) |
         | ``port``, ``url`` | only a CoAP device in server mode: where it answers (``coap://host:port``) |
+
+        ``firmwareVersion`` is the model's (``metadata.firmwareVersion``, ``metadata.firmware`` or the model's
+        ``version``; None when it names none) until an ``updateFirmware`` command installs another.
 
         | ${status} =    Get Device Status    env-0
         | Observe CoAP Resource    ${status}[url]/telemetry
@@ -91,7 +95,17 @@ class DeviceKeywords(LibraryComponent):
         | ``parameters`` | its parameters (a dictionary) |
         | ``topic`` | where it arrived |
         | ``receivedAt`` | when (UTC, ISO 8601) |
-        | ``status`` | ``ok`` or ``error`` |
+        | ``status`` | ``ok`` or ``error``; ``accepted`` while an ``updateFirmware`` is still in progress |
+        | ``detail`` | what the device did, or why it failed (as in the command's response) |
+
+        ``updateFirmware`` (with a ``version``, or a ``url``/``firmwareUrl`` whose path names one) is
+        answered ``accepted`` at once; the device then reports its download progress (``downloading``,
+        ``progress`` 0, 25, 50, 75, 100) and the result (``ok`` or ``error``) on the command's
+        ``responseTopic``, and on success reboots and runs the new version (``firmwareVersion`` in `Get Device
+        Status` and in its telemetry envelopes). The model's ``failureRate`` makes a share of updates fail.
+
+        | ${commands} =    Get Received Commands    gw-0
+        | Should Be Equal    ${commands}[-1][status]    ok
         """
         device = self.device(device_id)
         return self.call(lambda: [dict(c) for c in device.commands or []])

@@ -262,7 +262,9 @@ class MqttClientKeywords(LibraryComponent):
     ) -> None:
         """Subscribes ``alias`` to ``topic`` (wildcards ``+`` and ``#`` allowed) and collects from then on.
 
-        Returns once the broker acknowledged the subscription.
+        Returns once the broker acknowledged the subscription. ``+`` stands for one whole level
+        (``a/+/c``), ``#`` for every level below and must be the last one (``a/#``); a filter that breaks
+        these rules (``a/#/b``, ``a/b+``) fails naming the filter and the rule.
 
         | Subscribe To Topic    iotix/+/+/telemetry    qos=1
         """
@@ -286,11 +288,53 @@ class MqttClientKeywords(LibraryComponent):
         limit = self.timeout_or_default(timeout)
         self.call(probe.publish, topic, data, qos, retain, limit, timeout=limit + 5)
 
+    def _listener(self, topic: str, alias: str) -> tuple[str, MqttProbe]:
+        """The connection ``alias``; without one, the connection subscribed to ``topic``.
+
+        A connection subscribed to ``topic`` itself wins over those whose wildcard subscription covers it;
+        none, or several equally, fail and name the connections and their subscriptions.
+        """
+        probes = self._probes
+        if alias:
+            return alias, probes.get(alias)
+
+        def listening() -> tuple[list[str], list[str], str]:
+            levels: dict[str, int] = {a: probes.get(a).listens_to(topic) for a in probes}
+            best = max(levels.values(), default=0)
+            known = "; ".join(
+                f"'{a}' ({', '.join(repr(s) for s in probes.get(a).subscriptions) or 'no subscriptions'})"
+                for a in probes
+            )
+            return [a for a, level in levels.items() if best and level == best], list(probes), known
+
+        candidates, connected, known = self.call(listening)
+        if len(candidates) == 1:
+            return candidates[0], probes.get(candidates[0])
+        if candidates:
+            names = ", ".join(f"'{a}'" for a in candidates)
+            raise KeywordError(
+                f"Several MQTT connections are subscribed to '{topic}' ({names}); say which with alias=."
+            )
+        if not connected:
+            raise KeywordError(
+                f"No MQTT connection is subscribed to '{topic}': none is connected; use Connect To MQTT Broker "
+                "and Subscribe To Topic first."
+            )
+        raise KeywordError(
+            f"No MQTT connection is subscribed to '{topic}' (connections: {known}); use Subscribe To Topic "
+            "first, or name a connection with alias=."
+        )
+
     @keyword
     def wait_until_messages_received(
-        self, topic: str, count: int = 1, timeout: timedelta | None = None, alias: str = DEFAULT_ALIAS
+        self, topic: str, count: int = 1, timeout: timedelta | None = None, alias: str = ""
     ) -> list[ReceivedMessage]:
         """Waits until ``count`` messages arrived on the subscription ``topic``; returns them all.
+
+        ``topic`` is a subscription of the connection, or a topic (or narrower filter) within one of its
+        wildcard subscriptions: then only the messages on it count. Without ``alias`` the connection is the
+        one subscribed to ``topic`` (one subscribed to ``topic`` itself before one whose wildcard covers it);
+        when none, or several, are, the keyword fails and names the connections.
 
         Fails when fewer arrived within ``timeout``. Each message is a dictionary:
 
@@ -302,8 +346,9 @@ class MqttClientKeywords(LibraryComponent):
         | ``receivedAt`` | when it arrived (epoch seconds)                  |
 
         | ${msgs} =    Wait Until Messages Received    alerts/#    count=1    timeout=20s
+        | ${msgs} =    Wait Until Messages Received    iotix/env/env-3/telemetry    count=5    alias=backend
         """
-        probe = self._probes.get(alias)
+        alias, probe = self._listener(topic, alias)
         limit = self.timeout_or_default(timeout)
 
         async def wait() -> list[ReceivedMessage]:
@@ -318,12 +363,13 @@ class MqttClientKeywords(LibraryComponent):
         return received
 
     @keyword
-    def get_received_messages(self, topic: str, alias: str = DEFAULT_ALIAS) -> list[ReceivedMessage]:
-        """Returns what arrived on the subscription ``topic`` so far (see `Wait Until Messages Received`)."""
-        probe = self._probes.get(alias)
+    def get_received_messages(self, topic: str, alias: str = "") -> list[ReceivedMessage]:
+        """Returns what arrived on the subscription ``topic`` so far (see `Wait Until Messages Received`,
+        also for ``topic`` and ``alias``)."""
+        _, probe = self._listener(topic, alias)
 
         def messages() -> list[ReceivedMessage]:
-            return [cast(ReceivedMessage, m.as_dict()) for m in probe.subscription(topic).messages]
+            return [cast(ReceivedMessage, m.as_dict()) for m in probe.messages_on(topic)]
 
         received: list[ReceivedMessage] = self.call(messages)
         return received
@@ -336,11 +382,14 @@ class MqttClientKeywords(LibraryComponent):
 
         The command must be one of the device model's ``commands``. The device records it (see ``Get
         Received Commands`` of DeviceFleet), answers on the command's ``responseTopic`` and acts on
-        ``reboot`` (``delayMs=...``) and ``setInterval`` (``intervalMs=...``). Parameter values are JSON
-        when they parse as JSON (``3``, ``true``, ``["a"]``), else text.
+        ``reboot`` (``delayMs=...``), ``setInterval`` (``intervalMs=...``) and ``updateFirmware``
+        (``version=...`` and/or ``url=...``: download progress and the result on the response topic, then a
+        reboot into the new version). Parameter values are JSON when they parse as JSON (``3``, ``true``,
+        ``["a"]``), else text.
 
         | Send Command To Device    gw-0    reboot    delayMs=500
         | Send Command To Device    sensor-3    setInterval    intervalMs=500
+        | Send Command To Device    gw-0    updateFirmware    version=3.2.0    url=https://fw.example/gw.bin
         """
 
         def command_topics() -> tuple[str, dict[str, str]]:

@@ -7,6 +7,7 @@ in the context): receivers register themselves, so nothing here knows a protocol
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, cast
@@ -18,7 +19,7 @@ from iotix._robot.component import LibraryComponent
 from iotix._robot.context import Context, KeywordError
 from iotix._robot.types import TelemetryReport as TelemetryReportDict
 from iotix.observe.receivers import FleetView, ReceiverError, Source
-from iotix.observe.tracker import TelemetryReport
+from iotix.observe.tracker import DeviceResult, TelemetryReport
 
 if TYPE_CHECKING:
     from iotix.fleet.fleet import Fleet
@@ -110,9 +111,27 @@ async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: in
         await asyncio.sleep(0.05)
 
 
+def _most(devices: list[DeviceResult], count: Callable[[DeviceResult], int], n: int = 3) -> str:
+    """``id (count), ...`` of the ``n`` devices with the highest ``count`` (those above 0)."""
+    ranked = sorted((d for d in devices if count(d)), key=count, reverse=True)
+    more = f" and {len(ranked) - n} more" if len(ranked) > n else ""
+    return ", ".join(f"{d.device_id} ({count(d):,})" for d in ranked[:n]) + more
+
+
 def describe_failure(
-    fleet: str, report: TelemetryReport, max_loss: float, min_messages: int, source: str
+    fleet: str,
+    report: TelemetryReport,
+    max_loss: float,
+    min_messages: int,
+    source: str,
+    max_duplicates: int = 0,
+    in_order: bool = False,
 ) -> str | None:
+    """The failure message of a check, or None when ``report`` passes it.
+
+    Besides loss and ``min_messages``: more than ``max_duplicates`` duplicates fail, and with ``in_order``
+    any message that arrived after a later one of its device fails; both name the devices with the most.
+    """
     problems = []
     few = [d for d in report.devices if d.received < min_messages]
     if report.expected == 0 and report.received == 0:
@@ -135,10 +154,21 @@ def describe_failure(
             f"{len(few)} of {len(report.devices)} devices delivered fewer than {min_messages} "
             f"message{'s' if min_messages != 1 else ''}: {sample}{' ...' if len(few) > 3 else ''}"
         )
+    if report.duplicates > max_duplicates:
+        problems.append(
+            f"{report.duplicates:,} duplicate message{'s' if report.duplicates != 1 else ''} arrived, more than "
+            f"the allowed {max_duplicates:,} (max_duplicates); most on " + _most(report.devices, lambda d: d.duplicates)
+        )
+    if in_order and report.out_of_order:
+        problems.append(
+            f"{report.out_of_order:,} message{'s' if report.out_of_order != 1 else ''} arrived after a later one "
+            "of the same device, none allowed (in_order=True); most on "
+            + _most(report.devices, lambda d: d.out_of_order)
+        )
     if not problems:
         return None
     extra = []
-    if report.duplicates:
+    if report.duplicates and report.duplicates <= max_duplicates:
         extra.append(f"{report.duplicates} duplicates")
     if report.silent_devices:
         extra.append(f"{len(report.silent_devices)} devices silent")
@@ -160,12 +190,22 @@ class TelemetryKeywords(LibraryComponent):
         max_loss: str = "0%",
         timeout: timedelta = timedelta(seconds=30),
         source: str = "",
+        max_duplicates: int = 0,
+        in_order: bool = False,
     ) -> TelemetryReportDict:
         """Checks, per device of ``fleet``, that its telemetry arrived at the receiver ``source``.
 
         Every message a device handed to its transport before this keyword started must arrive within
         ``timeout``; sequence gaps count as lost. Passes when every device delivered at least
-        ``min_messages`` and the loss is at most ``max_loss`` (``0.1%``). Returns the report:
+        ``min_messages``, the loss is at most ``max_loss`` (``0.1%``), at most ``max_duplicates`` messages
+        of the fleet arrived more than once (by device and ``seq``; none by default) and, with
+        ``in_order=True``, no message arrived after a later one of its device. A failure names the fleet,
+        the figures and the devices with the most lost, duplicated or reordered messages.
+
+        Duplicates are what QoS 1 promises (at least once): a message the broker or the device sent again
+        after a lost acknowledgement, for example across a broker restart. A test that provokes that says
+        how many it accepts with ``max_duplicates``. Reordering is counted per device: QoS 1 redeliveries
+        and retries of requests can overtake later messages. Returns the report:
 
         | =Key=               | =Value=                                                          |
         | ``devices``         | devices of the fleet                                             |
@@ -193,14 +233,17 @@ class TelemetryKeywords(LibraryComponent):
 
         | Telemetry Should Be Received From Fleet    env    min_messages=5    max_loss=0.1%
         | Telemetry Should Be Received From Fleet    vans    source=kafka:default
+        | Telemetry Should Be Received From Fleet    env    max_duplicates=10    in_order=True
         """
         max_pct = parse_percent(max_loss)
+        if max_duplicates < 0:
+            raise KeywordError(f"max_duplicates must be 0 or more, got {max_duplicates}.")
         f = self.call(self.simulator.fleet, fleet)
         src = pick_source(self.context, source, f)
         limit = self.timeout_or_default(timeout)
         check: Check = self.call_wait(collect, f, src, limit, min_messages, max_pct, limit=limit)
         report = check.report
-        failure = describe_failure(fleet, report, max_pct, min_messages, src.name)
+        failure = describe_failure(fleet, report, max_pct, min_messages, src.name, max_duplicates, in_order)
         summary = cast(TelemetryReportDict, report.as_dict())
         logger.info(
             f"Fleet '{fleet}' via '{src.name}': {report.received:,} of {report.expected:,} expected "

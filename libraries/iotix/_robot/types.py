@@ -77,6 +77,7 @@ class _DeviceStatus(TypedDict):
     nextSeq: int
     lastError: str | None
     commandsReceived: int
+    firmwareVersion: str | None
 
 
 class DeviceStatus(_DeviceStatus, total=False):
@@ -105,6 +106,7 @@ class ReceivedCommand(TypedDict):
     topic: str
     receivedAt: str
     status: str
+    detail: str
 
 
 class DeviceCertificates(TypedDict):
@@ -165,10 +167,22 @@ class BrokerAddress(_BrokerAddress, total=False):
     clientKey: str
 
 
-class KafkaBrokerAddress(ServerAddress):
-    """Where a local Kafka broker listens; ``bootstrap`` is ``host:port`` for clients."""
-
+class _KafkaBrokerAddress(ServerAddress):
     bootstrap: str
+
+
+class KafkaBrokerAddress(_KafkaBrokerAddress, total=False):
+    """Where a local Kafka broker listens; ``bootstrap`` is ``host:port`` for clients. A secured broker adds
+    ``securityProtocol``; with TLS ``ca``, ``caDir`` (and ``clientCert``/``clientKey`` when it requires client
+    certificates); with SASL ``saslMechanisms`` and ``saslUsername``."""
+
+    securityProtocol: str
+    ca: str
+    caDir: str
+    clientCert: str
+    clientKey: str
+    saslMechanisms: list[str]
+    saslUsername: str
 
 
 class ReceivedMessage(TypedDict):

@@ -43,6 +43,8 @@ class Device:
         "dropped",
         "fail_streak",
         "failed",
+        "firmware",
+        "firmware_update",
         "fleet",
         "gen",
         "id",
@@ -97,6 +99,8 @@ class Device:
         self.commands: list[dict[str, Any]] | None = None
         self.behavior_last: list[float] | None = None
         self.last_values: dict[str, Any] | None = None
+        self.firmware: str | None = None  # the version an update installed (None: the model's)
+        self.firmware_update: tuple[str, Any] | None = None  # (version, task) of an update in progress
 
     def forget_schedule(self) -> None:
         """Invalidate every scheduled send of this device (they are skipped when due)."""
@@ -132,6 +136,7 @@ class Device:
             "nextSeq": self.seq,
             "lastError": self.last_error,
             "commandsReceived": len(self.commands) if self.commands else 0,
+            "firmwareVersion": self.firmware or self.fleet.model.firmware_version,
         }
 
     def __repr__(self) -> str:

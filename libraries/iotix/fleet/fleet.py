@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import random
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from iotix.behavior import compile_condition, compile_template
-from iotix.encode import make_encoder
+from iotix.encode import FIRMWARE_KEY, make_encoder
 from iotix.errors import ConfigurationError, NotFoundError
 from iotix.fleet.delivery import SENT, CircuitStatus, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
@@ -34,7 +36,7 @@ from iotix.fleet.timeline import (
     plan_dropout,
 )
 from iotix.generate import DeviceValues
-from iotix.model.types import DeviceModel
+from iotix.model.types import CommandSpec, DeviceModel, is_firmware_update
 from iotix.observe.histogram import Histogram
 from iotix.transport import Credentials, TransportError, TransportSpec, create_transport
 from iotix.transport.backoff import full_jitter
@@ -52,6 +54,12 @@ _ERROR = DeviceState.ERROR
 STOP_DRAIN_S = 2.0
 #: The error list of a fleet keeps this many background errors for the next keyword to report.
 MAX_PENDING_ERRORS = 20
+#: How long an updateFirmware download takes when the command's ``durationMs`` does not say.
+FIRMWARE_DOWNLOAD_MS = 1000
+#: The download progress (percent) an update reports on the command's response topic.
+FIRMWARE_PROGRESS = (0, 25, 50, 75, 100)
+#: After reporting a successful update, how long the device waits for the report to leave before it reboots.
+FIRMWARE_REPORT_DRAIN_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,23 @@ class FleetOptions:
             )
         if self.max_connecting < 1:
             raise ConfigurationError(f"max_connecting must be >= 1, got {self.max_connecting}")
+
+
+_VERSION_IN_URL = re.compile(r"\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?")
+
+
+def firmware_version_of(version: Any, url: Any) -> str | None:
+    """The version an updateFirmware command installs: its ``version``, else the last version number in its
+    URL (``https://fw.example/gw-3.2.0.bin`` -> ``3.2.0``); None when neither gives one."""
+    if isinstance(version, (str, int, float)) and not isinstance(version, bool) and str(version).strip():
+        return str(version).strip()
+    if isinstance(url, str):
+        path = urlsplit(url).path if "://" in url else url  # not the host: 10.0.0.5 is no version
+        path = re.sub(r"\.(bin|img|hex|zip|tar|gz|tgz|fw|ota|uf2)$", "", path.rstrip("/"), flags=re.IGNORECASE)
+        found = _VERSION_IN_URL.findall(path)
+        if found:
+            return found[-1]
+    return None
 
 
 def format_device_id(pattern: str, index: int, fleet: str, model_id: str) -> str:
@@ -327,6 +352,8 @@ class Fleet:
         While the endpoint's circuit is open nothing is attempted: the reading counts as failed
         (``circuit_open``) and uses no seq.
         """
+        if device.firmware is not None:  # updated: the envelope says which firmware it runs now
+            values = {**values, FIRMWARE_KEY: device.firmware}
         payload = self.encoder(device.id, device.seq, ts_ms, values)
         delivery = self.delivery
         if delivery.guarded and not delivery.admit(device, len(payload)):
@@ -372,7 +399,8 @@ class Fleet:
                 payload = payload.encode()
             topic = topic_t.render_text(variables)
             qos = int(spec.action.get("qos", 0))
-            if self.transport.send(device, payload, topic or None, qos, bool(spec.action.get("retain", False))):
+            # The destination the action names, never the telemetry (an empty one fails in the transport).
+            if self.transport.send(device, payload, topic, qos, bool(spec.action.get("retain", False))):
                 self.behaviors_fired += 1
                 log.info("device %s: behavior '%s' fired (%s)", device.id, spec.name, spec.condition)
 
@@ -394,7 +422,7 @@ class Fleet:
             params = {"raw": payload.decode("utf-8", "replace")}
         if not isinstance(params, dict):
             params = {"value": params}
-        record = {
+        record: dict[str, Any] = {
             "command": name,
             "parameters": params,
             "topic": topic,
@@ -402,30 +430,52 @@ class Fleet:
         }
         if device.commands is None:
             device.commands = []
+        seen = sum(1 for c in device.commands if c["command"] == name)  # this device's earlier ones
         device.commands.append(record)
-        status, detail = self._apply_command(device, name, params)
-        record["status"] = status
-        log.info("device %s: command '%s' %s (%s)", device.id, name, status, detail)
         spec = next((c for c in self.model.commands if c.name == name), None)
-        if spec is not None and spec.response_topic:
-            topic_out = compile_template(spec.response_topic).render_text({**device.variables(), "command": name})
-            body = {
-                "deviceId": device.id,
-                "command": name,
-                "status": status,
-                "detail": detail,
-                "ts": int(time.time() * 1000),
-            }
-            self.transport.send(device, json.dumps(body, separators=(",", ":")).encode(), topic_out, 1)
+        status, detail = self._apply_command(device, name, params, spec, seen, record)
+        record["status"], record["detail"] = status, detail
+        log.info("device %s: command '%s' %s (%s)", device.id, name, status, detail)
+        if spec is not None:
+            self._respond(device, spec, status, detail)
         return status
 
-    def _apply_command(self, device: Device, name: str, params: dict[str, Any]) -> tuple[str, str]:
-        spec = next((c for c in self.model.commands if c.name == name), None)
+    def _respond(self, device: Device, spec: CommandSpec, status: str, detail: str | None, **extra: Any) -> None:
+        """Publish ``{deviceId, command, status, detail, <extra>, ts}`` on the command's ``responseTopic``."""
+        if not spec.response_topic:
+            return
+        topic_out = compile_template(spec.response_topic).render_text({**device.variables(), "command": spec.name})
+        body = {"deviceId": device.id, "command": spec.name, "status": status, "detail": detail, **extra}
+        body["ts"] = int(time.time() * 1000)
+        self.transport.send(device, json.dumps(body, separators=(",", ":")).encode(), topic_out, 1)
+
+    def command_fails(self, device: Device, spec: CommandSpec, nth: int) -> bool:
+        """Whether the ``nth`` (0-based) execution of ``spec`` on ``device`` fails, by the command's
+        ``failureRate``: the same for the same model, device id, command, ``nth`` and fleet seed (no seed: 0)."""
+        if spec.failure_rate <= 0:
+            return False
+        seed = 0 if self.seed is None else self.seed
+        draw = random.Random(f"command:{self.model.id}:{device.id}:{seed}:{spec.name}:{nth}").random()
+        return draw < spec.failure_rate
+
+    def _apply_command(
+        self,
+        device: Device,
+        name: str,
+        params: dict[str, Any],
+        spec: CommandSpec | None,
+        nth: int,
+        record: dict[str, Any],
+    ) -> tuple[str, str]:
         missing = [
             p["name"] for p in (spec.parameters if spec else ()) if p.get("required") and p["name"] not in params
         ]
         if missing:
             return "error", f"missing required parameter(s): {', '.join(missing)}"
+        if spec is not None and is_firmware_update(name):
+            return self._start_firmware_update(device, spec, params, self.command_fails(device, spec, nth), record)
+        if spec is not None and self.command_fails(device, spec, nth):
+            return "error", f"failed (simulated: the command's failureRate is {spec.failure_rate:g})"
         lname = name.lower()
         if lname == "reboot":
             delay = float(params.get("delayMs", 0)) / 1000.0
@@ -443,6 +493,82 @@ class Fleet:
                 self._schedule(device, delay=device.interval_override_s)
             return "ok", f"interval set to {ms:g} ms"
         return "ok", "accepted"
+
+    # -- firmware ---------------------------------------------------------------------------------------
+
+    def firmware_of(self, device: Device) -> str | None:
+        """The firmware version ``device`` runs: the one its last successful update installed, else the model's."""
+        return device.firmware or self.model.firmware_version
+
+    def _start_firmware_update(
+        self, device: Device, spec: CommandSpec, params: dict[str, Any], fails: bool, record: dict[str, Any]
+    ) -> tuple[str, str]:
+        """Check an updateFirmware command and start the update in the background (see :meth:`_update_firmware`)."""
+        url = params.get("url", params.get("firmwareUrl"))
+        version = firmware_version_of(params.get("version"), url)
+        if version is None:
+            return "error", "updateFirmware needs a 'version' (e.g. 3.2.0) or a 'url' that names one (.../fw-3.2.0.bin)"
+        if device.firmware_update is not None:
+            return "error", f"an update to firmware {device.firmware_update[0]} is already in progress"
+        task = asyncio.get_running_loop().create_task(
+            self._update_firmware(device, spec, version, fails, record), name=f"iotix-firmware-{device.id}"
+        )
+        device.firmware_update = (version, task)
+        return "accepted", f"downloading firmware {version}" + (f" from {url}" if url else "")
+
+    async def _update_firmware(
+        self, device: Device, spec: CommandSpec, version: str, fails: bool, record: dict[str, Any]
+    ) -> None:
+        """Download (progress 0, 25, 50, 75, 100 % over the command's ``durationMs``), install, report, reboot.
+
+        Every step is reported on the command's ``responseTopic``; the command's record gets the final status.
+        An install that ``fails`` (the command's ``failureRate``) leaves the version as it was and does not
+        reboot. A device that goes down during the download abandons the update.
+        """
+        previous = self.firmware_of(device)
+        duration = (spec.duration_ms if spec.duration_ms is not None else FIRMWARE_DOWNLOAD_MS) / 1000.0
+        step = duration / (len(FIRMWARE_PROGRESS) - 1)
+
+        def finish(status: str, detail: str) -> None:
+            record["status"], record["detail"] = status, detail
+            log.info("device %s: firmware update to %s: %s (%s)", device.id, version, status, detail)
+
+        try:
+            for i, progress in enumerate(FIRMWARE_PROGRESS):
+                if i:
+                    await asyncio.sleep(step)
+                if device.state is not _RUNNING and device.state is not _ERROR:
+                    finish(
+                        "error",
+                        f"firmware {version} not installed: the device went {device.state.value} "
+                        f"during the download at {FIRMWARE_PROGRESS[i - 1] if i else 0} %",
+                    )
+                    return
+                self._respond(device, spec, "downloading", None, version=version, progress=progress)
+            if fails:
+                detail = (
+                    f"firmware {version} failed to install (simulated: the command's failureRate is "
+                    f"{spec.failure_rate:g}); still running {previous}"
+                )
+                finish("error", detail)
+                self._respond(device, spec, "error", detail, version=version, firmwareVersion=previous)
+                return
+            device.firmware = version
+            detail = f"firmware {version} installed (was {previous}); rebooting"
+            finish("ok", detail)
+            self._respond(
+                device, spec, "ok", detail, version=version, previousVersion=previous, firmwareVersion=version
+            )
+            with contextlib.suppress(Exception):
+                await self.transport.drain(FIRMWARE_REPORT_DRAIN_S)  # let the result out before disconnecting
+            await self.reboot(device)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a bug must not pass silently
+            finish("error", f"firmware {version} not installed: {err!r}")
+            self.report_error(f"device '{device.id}': firmware update to {version} failed unexpectedly: {err!r}")
+        finally:
+            device.firmware_update = None
 
     # -- lifecycle of single devices --------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ Client mode (the default)
       (CON or NON) responses are handled; the request latency (first transmission to response) goes into
       :attr:`CoapClientTransport.latency`.
     - Non-confirmable (NON) requests are fire and forget: sent means sent.
+    - A behavior's event (``send`` with a ``topic``) is a POST of its payload to that path on the same server
+      (content format 50 for a JSON object or list, 0 for text), CON or NON like the readings; its outcome
+      is counted in ``eventsSent`` / ``eventsFailed`` (a failure becomes the device's last error), never as
+      telemetry, and it is not retried.
     - ``send`` never blocks and never queues: it writes the datagram and returns. At most
       :attr:`CoapClientTransport.max_in_flight` CON exchanges are open per fleet (one per device, at least
       256, at most 8192); beyond that ``send`` reports the message as not sent (the reason becomes the
@@ -64,6 +68,7 @@ from iotix.transport.coap_base import CoapTransport, enlarge_receive_buffer, res
 from iotix.transport.coap_codec import (
     ACK,
     CODE_EMPTY,
+    CODE_POST,
     CON,
     CONTENT_FORMATS,
     METHOD_CODES,
@@ -124,6 +129,7 @@ class _Exchange:
         "attempt",
         "datagram",
         "endpoint",
+        "event",
         "first_sent",
         "first_try",
         "handle",
@@ -143,7 +149,8 @@ class _Exchange:
         self.mid = mid
         self.token = token
         self.datagram = datagram
-        self.path: str | None = None  # set when not the device's own path (a behavior's topic)
+        self.path: str | None = None  # set when not the device's own path (a per-message path, an event's)
+        self.event = False  # a behavior's event, not telemetry
         self.first_sent = 0.0
         self.timeout = 0.0
         self.tries = 0  # transmissions so far; 0 after an empty ACK (waiting for a separate response)
@@ -269,6 +276,8 @@ class CoapClientTransport(CoapTransport):
         self.in_flight = 0
         self.separate_responses = 0  # answers that came after an empty ACK (a busy server)
         self.retransmissions = 0
+        self.events_sent = 0  # behaviors' events (not telemetry): answered 2.xx, or sent NON
+        self.events_failed = 0
         self.latency = Histogram()  # request latency (first transmission -> response) of CON requests
         self._code = METHOD_CODES[self.method]
         self._addr: tuple[int, tuple[Any, ...]] | None = None
@@ -284,6 +293,10 @@ class CoapClientTransport(CoapTransport):
     def target(self) -> str:
         return f"coap://{self.url_host}:{self.port}"
 
+    def descriptors(self) -> int:
+        """One UDP socket for the fleet, two while it rotates, and a spare being opened."""
+        return 3
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
@@ -291,6 +304,8 @@ class CoapClientTransport(CoapTransport):
             retransmissions=self.retransmissions,
             separateResponses=self.separate_responses,
             requestLatencyMs=self.latency.summary(),
+            eventsSent=self.events_sent,
+            eventsFailed=self.events_failed,
         )
         return info
 
@@ -372,7 +387,9 @@ class CoapClientTransport(CoapTransport):
         if endpoint is None or endpoint.transport is None:
             self.outcomes.not_sent(link, f"CoAP {self.method} {self.uri(conn.path)}: no socket (fleet stopped?)")
             return False
-        path, options = self._path_and_options(link, conn, topic)
+        if topic is not None:
+            return self._send_event(link, endpoint, topic, payload)
+        path, options = self._path_and_options(link, conn)
         if not self.confirmable:
             datagram = encode_message(NON, self._code, endpoint.take_mid(), b"", options, payload)
             self._after_take(endpoint)
@@ -387,16 +404,36 @@ class CoapClientTransport(CoapTransport):
         self._start_exchange(link, endpoint, options, payload, path)
         return True
 
-    def _path_and_options(self, link: Link, conn: _ClientConn, topic: str | None) -> tuple[str | None, bytes]:
-        """(None, the device's options) normally; a behavior's topic or a per-message path otherwise."""
-        if topic is not None and topic != link.topic:
-            path = topic if topic.startswith("/") else "/" + topic
-            options = self._other_paths.get(path)
-            if options is None:
-                options = request_options(path, CONTENT_FORMATS["json"])
-                if len(self._other_paths) < 1024:
-                    self._other_paths[path] = options
-            return path, options
+    def _send_event(self, link: Link, endpoint: ClientEndpoint, topic: str, payload: bytes) -> bool:
+        """A behavior's event: a POST of ``payload`` to the path ``topic`` (see the module docstring)."""
+        path = topic if topic.startswith("/") else "/" + topic
+        text = payload.lstrip()[:1] not in (b"{", b"[")
+        key = f"{int(text)}{path}"
+        options = self._other_paths.get(key)
+        if options is None:
+            options = request_options(path, 0 if text else CONTENT_FORMATS["json"])
+            if len(self._other_paths) < 1024:
+                self._other_paths[key] = options
+        if not self.confirmable:
+            sent = endpoint.write(encode_message(NON, CODE_POST, endpoint.take_mid(), b"", options, payload))
+            self._after_take(endpoint)
+            self._event_done(link, path, None if sent else "the socket is closed")
+            return sent
+        if self.in_flight >= self.max_in_flight:
+            self._event_done(link, path, f"not sent, {self.in_flight} confirmable requests of the fleet are open")
+            return False
+        self._start_exchange(link, endpoint, options, payload, path, event=True)
+        return True
+
+    def _event_done(self, link: Link, path: str, error: str | None) -> None:
+        if error is None:
+            self.events_sent += 1
+            return
+        self.events_failed += 1
+        self.outcomes.not_sent(link, f"event: CoAP POST {self.uri(path)}: {error}")
+
+    def _path_and_options(self, link: Link, conn: _ClientConn) -> tuple[str | None, bytes]:
+        """(None, the device's options) normally; a per-message path when the path uses ``seq`` or ``ts``."""
         if self._path_per_message:
             path = self._render_path(link, link.seq, int(time.time() * 1000))
             return path, request_options(path, self.content_format)
@@ -411,10 +448,14 @@ class CoapClientTransport(CoapTransport):
         path: str | None,
         attempt: int = 0,
         first_try: float = 0.0,
+        *,
+        event: bool = False,
     ) -> None:
         mid, token = endpoint.take_mid(), endpoint.take_token()
-        ex = _Exchange(link, endpoint, mid, token, encode_message(CON, self._code, mid, token, options, payload))
+        code = CODE_POST if event else self._code
+        ex = _Exchange(link, endpoint, mid, token, encode_message(CON, code, mid, token, options, payload))
         ex.path = path
+        ex.event = event
         ex.options = options
         ex.payload = payload
         ex.attempt = attempt
@@ -483,6 +524,13 @@ class CoapClientTransport(CoapTransport):
         ex.endpoint.by_token.pop(ex.token, None)
         self.in_flight -= 1
         latency = asyncio.get_running_loop().time() - ex.first_sent
+        if ex.event:  # not telemetry: no outcome, no latency, no retry
+            ok = code is not None and code >> 5 == 2
+            answer = "reset (RST) by the server" if code is None else code_text(code)
+            self._event_done(ex.link, ex.path or "", None if ok else answer)
+            if self._retired:
+                self._close_idle_retired()
+            return
         if code is not None:
             self.latency.record(latency)
         if code is not None and code >> 5 == 2:
@@ -500,7 +548,10 @@ class CoapClientTransport(CoapTransport):
     def _fail(self, ex: _Exchange, reason: str) -> None:
         """No answer after the RFC 7252 retransmissions."""
         self.in_flight -= 1
-        self._report(ex, reason, "timeout")
+        if ex.event:
+            self._event_done(ex.link, ex.path or "", reason)
+        else:
+            self._report(ex, reason, "timeout")
         if self._retired:
             self._close_idle_retired()
 

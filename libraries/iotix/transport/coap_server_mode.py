@@ -8,6 +8,10 @@ port with ``serverPort: 0``) bound to ``host`` (default 127.0.0.1) with the reso
 - ``/commands/<name>``: POST, one per model command; handed to the fleet's outcomes like an MQTT command
   (``setInterval``, ``reboot`` act) and answered 2.04 Changed (4.00 when the fleet rejected it) with a
   JSON body;
+- one observable resource per destination of the model's behaviors (the action's ``topic`` as a path, e.g.
+  ``/alerts``): GET returns the latest event (empty before the first), observers get every event. Paths that
+  use only the device's variables exist from the start; others appear with their first event (at most
+  ``MAX_EVENT_PATHS`` per device). A command's later responses (an update's progress) go the same way;
 - ``/.well-known/core``: the list of the above.
 
 ``send`` stores the reading and notifies observers. ``drop`` closes the socket (the device stops answering);
@@ -40,7 +44,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from iotix.behavior import compile_template
 from iotix.encode import decode_envelope
+from iotix.errors import ConfigurationError
 from iotix.observe.histogram import Histogram
 from iotix.transport.base import Link, Outcomes, TransportError, TransportSpec
 from iotix.transport.coap_base import CoapTransport, resolve_host
@@ -57,6 +63,8 @@ __all__ = [
 #: aiocoap's own loggers for the server contexts of server-mode devices: outside the ``iotix`` tree (whose
 #: DEBUG records go to the Robot log) and quiet unless someone lowers the level on purpose.
 AIOCOAP_LOGGER = "aiocoap.iotix"
+#: Event resources (a behavior's destinations) a server-mode device holds at most.
+MAX_EVENT_PATHS = 64
 if logging.getLogger(AIOCOAP_LOGGER).level == logging.NOTSET:
     logging.getLogger(AIOCOAP_LOGGER).setLevel(logging.WARNING)
 
@@ -114,7 +122,20 @@ def udp_port_of(context: Any) -> int | None:
 class _ServerConn:
     """A server-mode device: its aiocoap context, port, latest reading and resources."""
 
-    __slots__ = ("closing", "ctx", "fields", "flushing", "latest", "pending", "port", "reply", "telemetry", "values")
+    __slots__ = (
+        "closing",
+        "ctx",
+        "events",
+        "fields",
+        "flushing",
+        "latest",
+        "pending",
+        "port",
+        "reply",
+        "site",
+        "telemetry",
+        "values",
+    )
 
     def __init__(self) -> None:
         self.ctx: Any = None
@@ -127,6 +148,8 @@ class _ServerConn:
         self.telemetry: Any = None
         self.fields: dict[str, Any] = {}
         self.reply: bytes | None = None  # a command's response body while a command is being handled
+        self.site: Any = None  # the resource tree (events add resources to it)
+        self.events: dict[str, Any] = {}  # path -> the resource of a behavior's events
 
 
 def _json_value(value: Any) -> bytes:
@@ -136,8 +159,13 @@ def _json_value(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
+def event_path(topic: str) -> str:
+    """A behavior's destination as the path of a device resource: ``alerts/x`` -> ``/alerts/x``."""
+    return "/" + "/".join(part for part in topic.split("/") if part)
+
+
 @functools.cache
-def _resource_classes() -> tuple[type, type, type]:
+def _resource_classes() -> tuple[type, type, type, type]:
     """The resource classes of server-mode devices (built on first use: aiocoap is imported lazily)."""
     import aiocoap
     from aiocoap import resource
@@ -192,14 +220,33 @@ def _resource_classes() -> tuple[type, type, type]:
         async def render_post(self, request: Any) -> Any:
             return self.transport.handle_command(self.link, self.name, bytes(request.payload))
 
-    return TelemetryResource, FieldResource, CommandResource
+    class EventResource(resource.ObservableResource):
+        """A behavior's destination: the latest event (JSON or text); every event is one notification."""
+
+        rt = "iotix.event"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.latest = b""
+            self.ct = 50
+
+        def publish(self, payload: bytes) -> None:
+            self.latest = payload
+            self.ct = 0 if payload.lstrip()[:1] not in (b"{", b"[") else 50
+            for observation in list(self._observations):
+                observation.trigger(aiocoap.Message(code=aiocoap.CONTENT, payload=payload, content_format=self.ct))
+
+        async def render_get(self, request: Any) -> Any:
+            return aiocoap.Message(payload=self.latest, content_format=self.ct)
+
+    return TelemetryResource, FieldResource, CommandResource, EventResource
 
 
 def _build_site(transport: CoapServerTransport, link: Link, conn: _ServerConn) -> Any:
     """The resource tree of one server-mode device."""
     from aiocoap import resource
 
-    telemetry_cls, field_cls, command_cls = _resource_classes()
+    telemetry_cls, field_cls, command_cls, _ = _resource_classes()
     site = resource.Site()
     conn.telemetry = telemetry_cls(conn, transport.content_format)
     site.add_resource(["telemetry"], conn.telemetry)
@@ -210,6 +257,12 @@ def _build_site(transport: CoapServerTransport, link: Link, conn: _ServerConn) -
     for name in transport.command_names:
         site.add_resource(["commands", name], command_cls(transport, link, name))
     site.add_resource([".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader, impl_info=None))
+    conn.site = site
+    conn.events = {}
+    variables = link.variables()
+    for template in transport.event_paths:
+        if template.names <= variables.keys():  # else it uses a reading's values: it appears with its first event
+            transport.event_resource(conn, event_path(template.render_text(variables)))
     return site
 
 
@@ -226,7 +279,17 @@ class CoapServerTransport(CoapTransport):
         super().__init__(spec, links, outcomes)
         self.field_names: tuple[str, ...] = spec.model.field_names
         self.command_names: tuple[str, ...] = tuple(c.name for c in spec.model.commands)
+        self.event_paths = [compile_template(str(b.action.get("topic", ""))) for b in spec.model.behaviors]
+        self.events_sent = 0  # behaviors' events published on the devices' event resources
+        self.events_failed = 0
         self._addr: tuple[int, tuple[Any, ...]] | None = None
+        last = self.server_port + len(links) - 1
+        if self.server_port and last > 65535:
+            lower = f"serverPort {65536 - len(links)} or lower, or " if len(links) < 65535 else "serverPort "
+            raise ConfigurationError(
+                f"Fleet '{spec.fleet}': serverPort {self.server_port} gives its {len(links):,} devices the UDP ports "
+                f"{self.server_port}-{last}, beyond the last port, 65535; use {lower}0 (any free port)."
+            )
 
     @property
     def target(self) -> str:
@@ -240,6 +303,8 @@ class CoapServerTransport(CoapTransport):
             retransmissions=0,
             separateResponses=0,
             requestLatencyMs=Histogram().summary(),
+            eventsSent=self.events_sent,
+            eventsFailed=self.events_failed,
         )
         return info
 
@@ -333,11 +398,11 @@ class CoapServerTransport(CoapTransport):
         conn: _ServerConn | None = link.conn
         if conn is None or conn.ctx is None:
             return False
-        if topic is not None and topic != link.topic:
+        if topic is not None:
             if conn.reply is not None:  # the response of the command being handled
                 conn.reply = payload
                 return True
-            return False  # server-mode devices publish nothing but their telemetry resources
+            return self._publish_event(link, conn, topic, payload)
         conn.latest = payload
         if conn.telemetry.observed:
             conn.pending.append(payload)
@@ -351,6 +416,34 @@ class CoapServerTransport(CoapTransport):
                     if name in envelope:
                         conn.values[name] = envelope[name]
                         res.updated_state()
+        return True
+
+    def event_resource(self, conn: _ServerConn, path: str) -> Any:
+        """The device's event resource at ``path``, added on first use; None when the path is one of the
+        device's own resources or the device has ``MAX_EVENT_PATHS`` already."""
+        found = conn.events.get(path)
+        if found is not None or conn.site is None:
+            return found
+        parts = tuple(part for part in path.split("/") if part)
+        if not parts or parts[0] in ("telemetry", "commands", ".well-known") or len(conn.events) >= MAX_EVENT_PATHS:
+            return None
+        event_cls = _resource_classes()[3]
+        found = conn.events[path] = event_cls()
+        conn.site.add_resource(parts, found)
+        return found
+
+    def _publish_event(self, link: Link, conn: _ServerConn, topic: str, payload: bytes) -> bool:
+        """A behavior's event (or a command's later response): published on the device's resource at ``topic``."""
+        path = event_path(topic)
+        res = self.event_resource(conn, path)
+        if res is None:
+            self.events_failed += 1
+            own = path.split("/")[1] in ("", "telemetry", "commands", ".well-known")
+            why = "is one of the device's own resources" if own else f"would be event path {MAX_EVENT_PATHS + 1}"
+            self.outcomes.not_sent(link, f"event: coap://{self.url_host}:{conn.port}{path} {why}")
+            return False
+        res.publish(payload)
+        self.events_sent += 1
         return True
 
     def _flush_notifications(self, conn: _ServerConn) -> None:
@@ -386,7 +479,7 @@ class CoapServerTransport(CoapTransport):
                 {"deviceId": link.id, "command": name, "status": status, "ts": int(time.time() * 1000)},
                 separators=(",", ":"),
             ).encode()
-        code = aiocoap.CHANGED if status == "ok" else aiocoap.BAD_REQUEST
+        code = aiocoap.CHANGED if status in ("ok", "accepted") else aiocoap.BAD_REQUEST
         return aiocoap.Message(code=code, payload=body, content_format=50)
 
     # -- fleet-wide ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from iotix.behavior import compile_template, format_embedded
 from iotix.errors import ConfigurationError
 from iotix.observe.histogram import Histogram
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
-from iotix.transport.tls import fleet_tls_context
+from iotix.transport.tls import ClientTls, FleetTls
 
 if TYPE_CHECKING:
     from iotix.model.types import DeviceModel
@@ -80,9 +80,11 @@ PERIODIC_S = 0.1
 HEALTH_INTERVAL_S = 5.0
 HEALTH_STREAK = 5
 
-#: Kinds of queued requests: telemetry (reported to the outcomes) and heartbeats (counted by the transport).
+#: Kinds of queued requests: telemetry (reported to the outcomes), heartbeats and events (a behavior's message to
+#: the URL or path it names), both counted by the transport.
 TELEMETRY = 0
 HEARTBEAT = 1
+EVENT = 2
 
 _PER_REQUEST = frozenset({"seq", "ts"})
 _PER_DEVICE = frozenset({"deviceId", "index", "seq", "ts"})
@@ -244,8 +246,12 @@ class HttpTransportBase(Transport):
         self.latency = Histogram()
         self.heartbeats_sent = 0
         self.heartbeats_failed = 0
+        self.events_sent = 0
+        self.events_failed = 0
+        self._event_urls: dict[str, URL] = {}
         self._token: str | None = spec.credentials.password or conn.get("token")
-        self._tls = fleet_tls_context(spec)  # connection.tls, paths resolved like MQTT fleets (tls_dir)
+        self._tls_settings = self._fleet_tls(spec)  # connection.tls, paths resolved like MQTT fleets (tls_dir)
+        self._tls = self._tls_settings.context if self._tls_settings is not None else None
         fixed = {"modelId": spec.model.id, "fleet": spec.fleet, "token": self._token or ""}
         self._base = self.url.rstrip("/")
         self._url = DeviceTemplate(self.url, fixed)
@@ -253,8 +259,8 @@ class HttpTransportBase(Transport):
         self._headers = DeviceTemplate(dict(conn.get("headers") or {}), fixed)
         self._session_headers = self._fleet_headers(conn)
         self._session: aiohttp.ClientSession | None = None
-        # (kind, link, conn gen, body, enqueued at, attempt, first attempt at)
-        self._backlog: deque[tuple[int, Link, int, bytes, float, int, float]] = deque()
+        # (kind, link, conn gen, body, enqueued at, attempt, first attempt at, an event's destination)
+        self._backlog: deque[tuple[int, Link, int, bytes, float, int, float, str | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         # Permits for the pool's connections: each worker and each connect-phase request holds one. A free
         # permit goes to a waiting connect-phase request first, so registrations never queue behind telemetry.
@@ -269,6 +275,33 @@ class HttpTransportBase(Transport):
         self._retired: set[aiohttp.ClientSession] = set()  # replaced pools, closed when their requests are done
 
     # -- configuration ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _fleet_tls(spec: TransportSpec) -> ClientTls | None:
+        """The fleet's one TLS setting (``connection.tls``), refused for a plain ``http://`` URL: never ignored."""
+        tls = FleetTls.of(spec)
+        if tls is None:
+            return None
+        url = str(spec.connection.get("url", ""))
+        if url.lower().startswith("http://"):
+            raise ConfigurationError(
+                f"Fleet '{spec.fleet}': connection.tls is set but connection.url {url!r} is http://; TLS applies "
+                "to https:// URLs only: use https://"
+            )
+        return tls.shared()
+
+    def _client_error(self, err: aiohttp.ClientError) -> str:
+        """A connection-level error in words; a failed TLS handshake explained (unknown CA, host name, ...)."""
+        if isinstance(err, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+            cause = getattr(err, "certificate_error", None) or getattr(err, "os_error", None)
+            host = str(getattr(err, "host", "") or "")
+            where = f"{host}:{getattr(err, 'port', '')}"
+            if self._tls_settings is not None:
+                why = self._tls_settings.explain(cause, host).replace("the broker", "the server")
+            else:
+                why = f"{cause} (the system's CAs were used: set connection.tls.caFile to trust another CA)"
+            return f"TLS handshake with {where} failed for fleet '{self.name}': {why}"
+        return _client_error(err)
 
     def _fleet_headers(self, conn: Mapping[str, Any]) -> dict[str, str]:
         """Headers every request of the fleet carries (the session's defaults)."""
@@ -303,6 +336,10 @@ class HttpTransportBase(Transport):
     @property
     def target(self) -> str:
         return self.url
+
+    def descriptors(self) -> int:
+        """The pool's connections (``maxConnections``), however many devices share them."""
+        return self.max_connections
 
     @property
     def endpoint(self) -> str:
@@ -375,9 +412,9 @@ class HttpTransportBase(Transport):
         except asyncio.TimeoutError:
             raise NoAnswer(f"device '{link.id}': no answer from {method} {url} within {self.timeout:g} s") from None
         except aiohttp.ServerDisconnectedError as err:
-            raise NoAnswer(f"device '{link.id}': {method} {url} failed: {_client_error(err)}") from None
+            raise NoAnswer(f"device '{link.id}': {method} {url} failed: {self._client_error(err)}") from None
         except aiohttp.ClientError as err:
-            raise TransportError(f"device '{link.id}': {method} {url} failed: {_client_error(err)}") from None
+            raise TransportError(f"device '{link.id}': {method} {url} failed: {self._client_error(err)}") from None
         finally:
             self._pass_on()
         try:
@@ -391,13 +428,45 @@ class HttpTransportBase(Transport):
     def send(
         self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
+        """Telemetry to the device's URL; with ``topic`` (a behavior's event) a POST to that URL or path instead
+        (see :meth:`_event_url`), counted in ``eventsSent`` / ``eventsFailed``, not as telemetry."""
         conn: HttpConn | None = link.conn
         if conn is None or not conn.active:
             return False
+        if topic is not None:
+            return self._enqueue(EVENT, link, conn, payload, dest=topic)
         return self._enqueue(TELEMETRY, link, conn, payload)
 
+    def _event_url(self, dest: str) -> URL:
+        """Where an event goes: ``dest`` when it is an ``http(s)://`` URL, else ``dest`` as a path on the server
+        of ``connection.url`` (its scheme, host and port; a leading ``/`` is optional)."""
+        url = self._event_urls.get(dest)
+        if url is None:
+            if dest.lower().startswith(("http://", "https://")):
+                url = URL(dest)
+            else:
+                url = URL(f"{self.endpoint}/{dest.lstrip('/')}")
+            if len(self._event_urls) < 1024:
+                self._event_urls[dest] = url
+        return url
+
+    def _event_route(self, link: Link, conn: HttpConn, dest: str, body: bytes) -> tuple[str, URL, dict[str, str]]:
+        """An event is a POST to its URL with the headers of the device's telemetry (its token or API key) and
+        a Content-Type for its body: JSON for an object or list, else text."""
+        _, _, headers = self._route(TELEMETRY, link, conn)
+        text = body.lstrip()[:1] not in (b"{", b"[")
+        content_type = "text/plain; charset=utf-8" if text else "application/json"
+        return "POST", self._event_url(dest), {**(headers or {}), "Content-Type": content_type}
+
     def _enqueue(
-        self, kind: int, link: Link, conn: HttpConn, body: bytes, attempt: int = 0, first_try: float = 0.0
+        self,
+        kind: int,
+        link: Link,
+        conn: HttpConn,
+        body: bytes,
+        attempt: int = 0,
+        first_try: float = 0.0,
+        dest: str | None = None,
     ) -> bool:
         """Queue a request; start a worker while fewer than ``maxConnections`` run. False when the FIFO is full."""
         backlog = self._backlog
@@ -412,7 +481,7 @@ class HttpTransportBase(Transport):
             else:
                 self._failed(kind, link, reason, "backlog_full", body, None, fault=False)
             return False
-        backlog.append((kind, link, conn.gen, body, now, attempt, first_try or now))
+        backlog.append((kind, link, conn.gen, body, now, attempt, first_try or now, dest))
         if self._free > 0:
             self._free -= 1
             self._spawn_worker()
@@ -429,9 +498,9 @@ class HttpTransportBase(Transport):
         backlog = self._backlog
         try:
             while backlog and not self._urgent:
-                kind, link, gen, body, t0, attempt, first_try = backlog.popleft()
+                kind, link, gen, body, t0, attempt, first_try, dest = backlog.popleft()
                 try:
-                    await self._perform(kind, link, gen, body, t0, attempt, first_try)
+                    await self._perform(kind, link, gen, body, t0, attempt, first_try, dest)
                 except asyncio.CancelledError:
                     if kind == TELEMETRY:
                         reason = "no answer: the fleet stopped before the server answered (it may have stored it)"
@@ -477,7 +546,15 @@ class HttpTransportBase(Transport):
         return f"HTTP {status} from {method} {url}: {self._scrub(snippet)}"
 
     async def _perform(
-        self, kind: int, link: Link, gen: int, body: bytes, t0: float, attempt: int, first_try: float
+        self,
+        kind: int,
+        link: Link,
+        gen: int,
+        body: bytes,
+        t0: float,
+        attempt: int,
+        first_try: float,
+        dest: str | None = None,
     ) -> None:
         conn: HttpConn = link.conn
         if gen != conn.gen:
@@ -498,7 +575,10 @@ class HttpTransportBase(Transport):
                 self._bad_streak += 1
             self._failed(kind, link, reason, code, body, loop.time() - t0, fault, conn, attempt, first_try)
 
-        method, url, headers = self._route(kind, link, conn)
+        if kind == EVENT and dest is not None:
+            method, url, headers = self._event_route(link, conn, dest, body)
+        else:
+            method, url, headers = self._route(kind, link, conn)
         session = self._ensure_session()
         try:
             async with session.request(method, url, data=body, headers=headers) as resp:
@@ -512,7 +592,7 @@ class HttpTransportBase(Transport):
             failed(f"no answer from {method} {url} within {self.timeout:g} s", "timeout")
             return
         except aiohttp.ClientError as err:
-            failed(f"{method} {url} failed: {_client_error(err)}", "connection_error")
+            failed(f"{method} {url} failed: {self._client_error(err)}", "connection_error")
             return
         self._bad_streak = 0
         if snippet is None:
@@ -526,6 +606,8 @@ class HttpTransportBase(Transport):
         if kind == TELEMETRY:
             self.latency.record(latency)
             self.outcomes.acknowledged(link, nbytes, latency)
+        elif kind == EVENT:
+            self.events_sent += 1
         else:
             self.heartbeats_sent += 1
 
@@ -562,6 +644,10 @@ class HttpTransportBase(Transport):
                 attempt=attempt,
                 first_try=first_try,
             )
+        elif kind == EVENT:
+            self.events_failed += 1
+            # Not a telemetry message: nothing to count, only the device's last error (what not_sent sets).
+            self.outcomes.not_sent(link, f"event: {reason}")
         else:
             self.heartbeats_failed += 1
             # Not a telemetry message: nothing to count, only the device's last error (what not_sent sets).
@@ -663,5 +749,7 @@ class HttpTransportBase(Transport):
             "requestLatencyMs": self.latency.summary(),
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatsFailed": self.heartbeats_failed,
+            "eventsSent": self.events_sent,
+            "eventsFailed": self.events_failed,
             "poolsReplaced": self.pools_replaced,
         }

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from yarl import URL
 
 from iotix.behavior import compile_template, format_embedded
+from iotix.encode import FIRMWARE_KEY
 from iotix.transport.base import Link, Outcomes, TransportError, TransportSpec
 from iotix.transport.http_pool import (
     HEARTBEAT,
@@ -88,17 +89,18 @@ def iso_utc(ts_ms: int) -> str:
 def make_iotflow_encoder(model: DeviceModel) -> Encoder:
     """IoTFlow's telemetry body: ``{"data": {fields}, "metadata": {deviceId, seq, ts, simulator}, "timestamp"}``.
 
-    ``timestamp`` is ISO-8601 UTC; binary fields are base64 text.
+    ``timestamp`` is ISO-8601 UTC; binary fields are base64 text. A device whose firmware an update changed
+    (``firmwareVersion`` among the values the fleet hands over) says so in ``metadata``, not in ``data``.
     """
     binary = binary_fields(model)
 
     def encode_iotflow(device_id: str, seq: int, ts_ms: int, values: dict[str, Any]) -> bytes:
+        metadata: dict[str, Any] = {"deviceId": device_id, "seq": seq, "ts": ts_ms, "simulator": "iotix"}
+        if FIRMWARE_KEY in values:
+            values = dict(values)
+            metadata[FIRMWARE_KEY] = values.pop(FIRMWARE_KEY)
         data = with_base64(values, binary) if binary else values
-        body = {
-            "data": data,
-            "metadata": {"deviceId": device_id, "seq": seq, "ts": ts_ms, "simulator": "iotix"},
-            "timestamp": iso_utc(ts_ms),
-        }
+        body = {"data": data, "metadata": metadata, "timestamp": iso_utc(ts_ms)}
         return to_json(body).encode()
 
     return encode_iotflow
@@ -180,8 +182,9 @@ class IoTFlowTransport(HttpTransportBase):
             "name": name,
             "description": model.description or model.name,
             "device_type": model.type,
-            "firmware_version": model.version,
         }
+        if model.version is not None:  # optional in a model
+            body["firmware_version"] = model.version
         rendered = self._registration.render(link.variables())
         body.update({k: format_embedded(v) for k, v in rendered.items()})
         return body
@@ -270,16 +273,21 @@ class HybridIoTFlowTransport(IoTFlowTransport):
 
     def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes, **pool: Any) -> None:
         super().__init__(spec, links, outcomes, **pool)
-        from iotix.transport.mqtt import publish_telemetry  # MQTT only for hybrid fleets
+        from iotix.transport.mqtt import publish_event, publish_telemetry  # MQTT only for hybrid fleets
 
         conn = spec.connection
         self.qos: int = int(conn.get("qos", 0))
         self.keepalive: int = int(conn.get("keepAlive", 60))
         self.mqtt_version: str = str(conn.get("mqttVersion", "3.1.1"))
         self._publish: Callable[[Link, LoopClient, bytes, int, Outcomes], bool] = publish_telemetry
+        self._publish_event = publish_event
 
     def _sweep_periods(self) -> list[float]:
         return [*super()._sweep_periods(), self.keepalive / 4]
+
+    def descriptors(self) -> int:
+        """An MQTT connection per device, and the HTTP pool they register through."""
+        return len(self.links) + super().descriptors()
 
     # -- connection ---------------------------------------------------------------------------------------
 
@@ -340,9 +348,13 @@ class HybridIoTFlowTransport(IoTFlowTransport):
     def send(
         self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
+        """Telemetry to the device's MQTT topic; with ``topic`` (a behavior's event) to that MQTT topic."""
         conn: HybridConn | None = link.conn
         if conn is None or not conn.active or conn.mqtt is None:
             return False
+        if topic is not None:
+            qos = self.qos if qos is None else qos
+            return self._publish_event(link, conn.mqtt, topic, payload, qos, retain, self.outcomes, acks=self.qos > 0)
         return self._publish(link, conn.mqtt, payload, self.qos, self.outcomes)
 
     def _visit(self, link: Link, conn: HybridConn, now: float) -> None:  # type: ignore[override]

@@ -79,6 +79,34 @@ def publish_telemetry(link: Link, client: LoopClient, payload: bytes, qos: int, 
     return True
 
 
+def publish_event(
+    link: Link,
+    client: LoopClient,
+    topic: str,
+    payload: bytes,
+    qos: int,
+    retain: bool,
+    outcomes: Outcomes,
+    *,
+    acks: bool,
+) -> bool:
+    """Publish a message that is not telemetry (a behavior's event, a command's response) to ``topic``.
+
+    With ``acks`` (the client reports PUBACKs to the outcomes) its PUBACK is kept out of the telemetry counters.
+    """
+    info = client.publish(topic, payload, qos, retain)
+    if info.rc != OK:
+        outcomes.not_sent(link, f"publish to {topic} failed: {info.rc}")
+        return False
+    if acks and qos > 0:
+        if client.side_mids is None:
+            client.side_mids = set()
+        client.side_mids.add(info.mid)
+    if client.has_output:
+        client.kick()
+    return True
+
+
 class MqttTransport(Transport):
     """paho-mqtt 2.x clients (MQTT 3.1.1 or 5) driven by the runtime loop."""
 
@@ -218,19 +246,9 @@ class MqttTransport(Transport):
             return False
         if qos is None:
             qos = self.qos
-        if qos == 0 and not retain and (topic is None or topic == link.topic):
-            return publish_telemetry(link, client, payload, 0, self.outcomes)
-        info = client.publish(topic or link.topic, payload, qos, retain)
-        if info.rc != OK:
-            self.outcomes.not_sent(link, f"publish failed: {info.rc}")
-            return False
-        if topic is not None and qos > 0 and self.qos > 0:  # not telemetry: keep its ack out of messagesAcked
-            if client.side_mids is None:
-                client.side_mids = set()
-            client.side_mids.add(info.mid)
-        if client.has_output:
-            client.kick()
-        return True
+        if topic is not None:  # not telemetry: keep its ack out of messagesAcked
+            return publish_event(link, client, topic, payload, qos, retain, self.outcomes, acks=self.qos > 0)
+        return publish_telemetry(link, client, payload, qos, self.outcomes)
 
     async def drain(self, timeout: float) -> None:
         """Wait (up to ``timeout``) until QoS 1/2 messages in flight are acknowledged, before a stop."""

@@ -18,8 +18,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from iotix.encode import decode_envelope
+from iotix.errors import ConfigurationError
 from iotix.observe.tracker import TelemetryTracker
-from iotix.transport.base import TransportError
+from iotix.transport.base import TransportError, check_port
 from iotix.transport.paho_driver import LoopClient
 
 if TYPE_CHECKING:
@@ -31,6 +32,57 @@ log = logging.getLogger("iotix.probe")
 RECONNECT_INTERVAL_S = 0.05
 #: Messages kept per subscription; older ones are discarded (and counted) beyond this.
 MAX_KEPT = 200_000
+#: The longest topic MQTT allows: a UTF-8 string of at most 65,535 bytes.
+MAX_TOPIC_BYTES = 65_535
+
+
+def _topic_text_problem(topic: str, what: str) -> str | None:
+    if not topic:
+        return f"{what} cannot be empty"
+    if "\x00" in topic:
+        return f"{what} cannot contain the null character (U+0000)"
+    size = len(topic.encode("utf-8", "surrogatepass"))
+    if size > MAX_TOPIC_BYTES:
+        return f"{what} is at most {MAX_TOPIC_BYTES:,} bytes of UTF-8, this one has {size:,}"
+    return None
+
+
+def topic_filter_problem(topic: str) -> str | None:
+    """Why ``topic`` is not a valid MQTT subscription filter (MQTT 3.1.1 and 5, section 4.7), or None.
+
+    ``#`` must be a whole level and the last one (``a/#``); ``+`` must be a whole level (``a/+/c``).
+    """
+    problem = _topic_text_problem(topic, "a topic filter")
+    if problem:
+        return problem
+    levels = topic.split("/")
+    for k, level in enumerate(levels):
+        if "#" in level and level != "#":
+            stem = level.replace("#", "")
+            example = "/".join([*levels[:k], stem, "#"] if stem else [*levels[:k], "#"])
+            return f"'#' must be a whole level (as in '{example}'), but level {k + 1} is '{level}'"
+        if level == "#" and k < len(levels) - 1:
+            rest = "/".join(levels[k + 1 :])
+            return (
+                f"'#' must be the last level: it matches everything below it, so nothing can follow it "
+                f"(as in '{'/'.join(levels[: k + 1])}'), but '/{rest}' follows it"
+            )
+        if "+" in level and level != "+":
+            example = "/".join([*levels[:k], "+", *levels[k + 1 :]])
+            return f"'+' must be a whole level (as in '{example}'), but level {k + 1} is '{level}'"
+    return None
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (empty, a wildcard, a null character, too long), or None."""
+    problem = _topic_text_problem(topic, "a topic")
+    if problem:
+        return problem
+    wildcards = [repr(c) for c in "+#" if c in topic]
+    if wildcards:
+        are = "is a wildcard" if len(wildcards) == 1 else "are wildcards"
+        return f"a message goes to one topic: {' and '.join(wildcards)} {are}, for subscriptions only"
+    return None
 
 
 @dataclass(slots=True)
@@ -55,13 +107,44 @@ class ReceivedMessage:
         }
 
 
+def filter_covers(outer: str, inner: str) -> bool:
+    """Whether every topic that filter ``inner`` matches is also matched by filter ``outer``.
+
+    ``inner`` may be a topic name (then: whether ``outer`` matches it) or a filter with ``+`` and ``#``:
+    ``a/#`` covers ``a/+/b``, ``a/+/b`` covers ``a/x/b`` and itself, ``a/x/b`` does not cover ``a/+/b``.
+    """
+    outer_levels, inner_levels = outer.split("/"), inner.split("/")
+    for k, level in enumerate(outer_levels):
+        if level == "#":
+            return True  # the rest, and the parent level itself (``a/#`` matches ``a``)
+        if k >= len(inner_levels):
+            return False
+        if level == "+":
+            if inner_levels[k] == "#":
+                return False
+            continue
+        if level != inner_levels[k]:
+            return False
+    return len(inner_levels) == len(outer_levels)
+
+
+@dataclass(eq=False)
+class Waiter:
+    """Someone waiting for ``want`` messages of a subscription (those matching ``topic``, when given)."""
+
+    want: int
+    got: int
+    future: asyncio.Future[None]
+    topic: str | None = None
+
+
 @dataclass
 class Subscription:
     topic: str
     qos: int
     messages: list[ReceivedMessage] = field(default_factory=list)
     discarded: int = 0
-    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
 
     def add(self, msg: ReceivedMessage) -> None:
         self.messages.append(msg)
@@ -69,15 +152,21 @@ class Subscription:
             drop = len(self.messages) - MAX_KEPT
             del self.messages[:drop]
             self.discarded += drop
-        if self.waiters:
-            total = len(self.messages) + self.discarded
-            for n, fut in list(self.waiters):
-                if total >= n and not fut.done():
-                    fut.set_result(None)
+        for waiter in self.waiters:
+            if waiter.topic is None or filter_covers(waiter.topic, msg.topic):
+                waiter.got += 1
+                if waiter.got >= waiter.want and not waiter.future.done():
+                    waiter.future.set_result(None)
 
     @property
     def total(self) -> int:
         return len(self.messages) + self.discarded
+
+    def matching(self, topic: str) -> list[ReceivedMessage]:
+        """The kept messages of this subscription on ``topic`` (a topic name or a narrower filter)."""
+        if topic == self.topic:
+            return list(self.messages)
+        return [m for m in self.messages if filter_covers(topic, m.topic)]
 
 
 def _on_connect(client: LoopClient, probe: MqttProbe, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -147,6 +236,10 @@ class MqttProbe:
         tls: ClientTls | None = None,
     ) -> None:
         """Connect (over TLS with ``tls``, also on every reconnect); raises :class:`TransportError`."""
+        try:
+            check_port(port)
+        except ConfigurationError as err:
+            raise ConfigurationError(f"Cannot connect '{self.alias}' to MQTT broker {host}:{port}: {err}") from None
         self.host, self.port, self.tls = host, port, tls
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -211,6 +304,9 @@ class MqttProbe:
             fut.set_result(reason_codes)
 
     async def subscribe(self, topic: str, qos: int = 0, timeout: float = 10.0) -> None:
+        problem = topic_filter_problem(topic)
+        if problem:
+            raise ConfigurationError(f"'{self.alias}' cannot subscribe to '{topic}': {problem}.")
         if topic not in self.subscriptions:
             self.subscriptions[topic] = Subscription(topic, qos)
         rc, mid = self.client.subscribe(topic, qos)
@@ -225,6 +321,9 @@ class MqttProbe:
     async def publish(
         self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, timeout: float = 10.0
     ) -> None:
+        problem = topic_name_problem(topic)
+        if problem:
+            raise ConfigurationError(f"'{self.alias}' cannot publish to '{topic}': {problem}.")
         info = self.client.publish(topic, payload, qos, retain)
         if qos == 0:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -245,29 +344,45 @@ class MqttProbe:
         if matched and not msg.retain:
             self.tracker.record_envelope(decode_envelope(msg.payload), now)
 
+    def listens_to(self, topic: str) -> int:
+        """2: subscribed to ``topic`` itself; 1: to a filter that covers it (see :func:`filter_covers`); 0: no."""
+        if topic in self.subscriptions:
+            return 2
+        return int(any(filter_covers(sub, topic) for sub in self.subscriptions))
+
     def subscription(self, topic: str) -> Subscription:
+        """The subscription ``topic``, else the oldest one whose filter covers ``topic``."""
         sub = self.subscriptions.get(topic)
         if sub is None:
+            covering = [s for s in self.subscriptions.values() if filter_covers(s.topic, topic)]
+            if covering:
+                return max(covering, key=lambda s: s.total)
             known = ", ".join(f"'{t}'" for t in self.subscriptions) or "none"
             raise TransportError(
                 f"'{self.alias}' is not subscribed to '{topic}' (subscriptions: {known}); use Subscribe To Topic first."
             )
         return sub
 
+    def messages_on(self, topic: str) -> list[ReceivedMessage]:
+        """What arrived on ``topic``: a subscription, or a topic (filter) within one."""
+        return self.subscription(topic).matching(topic)
+
     async def wait_for(self, topic: str, count: int, timeout: float) -> list[ReceivedMessage]:
+        """Wait until ``count`` messages arrived on ``topic`` (as in :meth:`messages_on`); return them all."""
         sub = self.subscription(topic)
-        if sub.total < count:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            entry = (count, fut)
-            sub.waiters.append(entry)
+        exact = sub.topic == topic
+        have = sub.total if exact else len(sub.matching(topic))
+        if have < count:
+            waiter = Waiter(count, have, asyncio.get_running_loop().create_future(), None if exact else topic)
+            sub.waiters.append(waiter)
             try:
                 async with asyncio.timeout(timeout):
-                    await fut
+                    await waiter.future
             except TimeoutError:
                 pass
             finally:
-                sub.waiters.remove(entry)
-        return list(sub.messages)
+                sub.waiters.remove(waiter)
+        return sub.matching(topic)
 
     async def close(self) -> None:
         self.closing = True

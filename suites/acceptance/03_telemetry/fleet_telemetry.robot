@@ -1,7 +1,8 @@
 *** Settings ***
 Documentation       Telemetry Should Be Received From Fleet: what each device sent is compared, by deviceId and
 ...                 seq, with what a receiver got; it passes, and it fails naming the fleet, the totals and the
-...                 worst devices. One test counts what a fleet sent with mosquitto_sub, independently of IoTix.
+...                 worst devices, also for duplicates (max_duplicates) and reordering (in_order). One test counts
+...                 what a fleet sent with mosquitto_sub, independently of IoTix.
 Resource            ../acceptance.resource
 Library             Process
 Library             String
@@ -79,6 +80,41 @@ A Fleet That Sent Nothing Fails The Check
     ...    Fleet 'mute' sent nothing that 'default' could expect: no device has sent a message yet*
     ...    Telemetry Should Be Received From Fleet    ${fleet}    timeout=1s
 
+A Duplicate Fails The Check Unless max_duplicates Allows It
+    [Documentation]    A message that arrives twice (here: one of the device's own envelopes published again)
+    ...    fails the check by default, naming the count and the device; max_duplicates=1 lets it pass.
+    Open Receiver    dup    iotix/acceptance-sensor/+/telemetry
+    ${fleet} =    Start Local Fleet    acceptance-sensor    count=2    name=dup    id_pattern=dup-{index}
+    Wait Until Fleet Has Sent    ${fleet}    6
+    Publish First Envelope Again    dup-1    alias=dup
+    Wait Until Messages Received    iotix/acceptance-sensor/+/telemetry    count=7    alias=dup
+    ${error} =    Run Keyword And Expect Error    Fleet 'dup': 1 duplicate message arrived*
+    ...    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=0%    timeout=10s    source=dup
+    ${expected} =    Catenate    Fleet 'dup': 1 duplicate message arrived, more than the allowed 0
+    ...    (max_duplicates); most on dup-1 (1) [receiver 'dup'].
+    Should Be Equal    ${error}    ${expected}
+    ${report} =    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=0%    timeout=10s    source=dup
+    ...    max_duplicates=1
+    Should Be Equal As Integers    ${report}[duplicates]    1
+    [Teardown]    Delete Fleets And Disconnect    dup
+
+A Message Overtaken By A Later One Fails Only With in_order
+    [Documentation]    An envelope of device order-0 with a sequence number far ahead arrives first: every
+    ...    message the device sends after it is out of order. The check passes by default and fails with
+    ...    in_order=True, naming the count and the device.
+    Open Receiver    order    iotix/acceptance-sensor/+/telemetry
+    ${fleet} =    Start Local Fleet    acceptance-sensor    count=1    name=order    id_pattern=order-{index}
+    ${sent} =    Publish Envelope Far Ahead    order-0
+    Wait Until Fleet Has Sent    ${fleet}    ${{ ${sent} + 3 }}
+    ${report} =    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=0%    timeout=10s    source=order
+    Should Be True    ${report}[outOfOrder] >= 2 and ${report}[duplicates] == 0
+    ${error} =    Run Keyword And Expect Error    Fleet 'order': * messages arrived after a later one of the same*
+    ...    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=0%    timeout=10s    source=order
+    ...    in_order=True
+    Should Match Regexp    ${error}
+    ...    none allowed \\(in_order=True\\); most on order-0 \\(\\d+\\) \\[receiver 'order'\\]\\.$
+    [Teardown]    Delete Fleets And Disconnect    order
+
 Wrong Arguments Of The Check Are Refused
     [Documentation]    max_loss must be a percentage, source a connected receiver, fleet a fleet that exists.
     ${fleet} =    Create Local Fleet    acceptance-sensor    name=args
@@ -86,6 +122,8 @@ Wrong Arguments Of The Check Are Refused
     ...    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=some
     Run Keyword And Expect Error    max_loss must be between 0% and 100%, got 150%.
     ...    Telemetry Should Be Received From Fleet    ${fleet}    max_loss=150%
+    Run Keyword And Expect Error    max_duplicates must be 0 or more, got -1.
+    ...    Telemetry Should Be Received From Fleet    ${fleet}    max_duplicates=-1
     Run Keyword And Expect Error
     ...    No receiver named 'backend' (available: 'default'); connect and subscribe an MQTT receiver, start*
     ...    Telemetry Should Be Received From Fleet    ${fleet}    source=backend
@@ -110,6 +148,23 @@ An Independent Subscriber Receives Exactly What The Fleet Sent
 
 
 *** Keywords ***
+Publish First Envelope Again
+    [Documentation]    Publishes the first telemetry message of ${device_id} that connection ${alias} received
+    ...    once more, to the same topic.
+    [Arguments]    ${device_id}    ${alias}
+    ${first} =    Wait Until Messages Received    iotix/acceptance-sensor/${device_id}/telemetry    alias=${alias}
+    Publish MQTT Message    ${first}[0][topic]    ${first}[0][payload]    qos=1
+
+Publish Envelope Far Ahead
+    [Documentation]    Publishes an envelope of ${device_id} whose seq is 100,000 ahead of the device's next one
+    ...    to the device's telemetry topic; returns how many messages the device had sent.
+    [Arguments]    ${device_id}
+    ${status} =    Get Device Status    ${device_id}
+    ${ahead} =    Evaluate    json.dumps({'deviceId': $device_id, 'seq': $status['nextSeq'] + 100000, 'ts': 0})
+    ...    modules=json
+    Publish MQTT Message    iotix/acceptance-sensor/${device_id}/telemetry    ${ahead}    qos=1
+    RETURN    ${status}[nextSeq]
+
 Start Independent Subscriber
     [Documentation]    Starts mosquitto_sub on ${topic} (QoS 1) with its output line-buffered into ${output} and
     ...    waits until the broker acknowledged its subscription. Returns the process handle.

@@ -63,6 +63,24 @@ Latency Not Below The Limit Fails
     ...    Latency Should Be Below    ${fleet}    0ms    percentile=90    source=slow
     [Teardown]    Delete Fleets And Disconnect    slow
 
+Latency Should Be Below Waits Up To Its Timeout For Telemetry
+    [Documentation]    The only device is dropped and comes back 1.5 s later; its receiver subscribed while it was
+    ...    away. With timeout=0s nothing has arrived yet and the check fails at once; with a timeout it waits
+    ...    for the device's messages and passes.
+    ${fleet} =    Start Local Fleet    acceptance-sensor    name=patient    id_pattern=patient-{index}
+    Drop Devices    ${fleet}    strategy=immediate    reconnect=True    reconnect_delay=1500ms
+    Wait Until Device Is In State    patient-0    dropped    timeout=2s
+    Open Receiver    patient    iotix/acceptance-sensor/+/telemetry
+    Run Keyword And Expect Error
+    ...    No telemetry from fleet 'patient' arrived at 'patient' within 0 s: no latency to check.
+    ...    Latency Should Be Below    ${fleet}    10s    source=patient    timeout=0s
+    ${t0} =    Now
+    ${p99} =    Latency Should Be Below    ${fleet}    10s    source=patient    timeout=20s
+    Should Be True    0 <= ${p99} < 10000
+    ${waited} =    Seconds Since    ${t0}
+    Should Be True    0.2 < ${waited} < 15    waited ${waited} s for the device to come back
+    [Teardown]    Delete Fleets And Disconnect    patient
+
 Latency Needs Telemetry And A Percentile Between 0 And 100
     [Documentation]    A receiver that got nothing has no latency to check; a percentile of 0 or above 100 is
     ...    refused.

@@ -71,6 +71,48 @@ Waiting For More Messages Than Arrive Fails With The Count
     ...    Expected 3 message(s) on 'acceptance/short' (alias 'short') within 1 s, got 1.
     ...    Wait Until Messages Received    acceptance/short    count=3    timeout=1s    alias=short
 
+Without An Alias The Connection Subscribed To The Topic Is Used
+    [Documentation]    Wait Until Messages Received and Get Received Messages pick the one connection
+    ...    subscribed to the topic (not 'default', which is subscribed to iotix/# only); a topic within a
+    ...    wildcard subscription returns only its own messages.
+    Open Receiver    solo    acceptance/solo/#
+    Publish MQTT Message    acceptance/solo/a    first    qos=1
+    Publish MQTT Message    acceptance/solo/b    second    qos=1
+    ${all} =    Wait Until Messages Received    acceptance/solo/#    count=2    timeout=5s
+    Length Should Be    ${all}    2
+    ${only b} =    Wait Until Messages Received    acceptance/solo/b    timeout=5s
+    Should Be Equal    ${{ [m['payload'] for m in $only_b] }}    ${{ ['second'] }}
+    ${only a} =    Get Received Messages    acceptance/solo/a
+    Should Be Equal    ${only a}[0][payload]    first
+    Run Keyword And Expect Error
+    ...    Expected 2 message(s) on 'acceptance/solo/b' (alias 'solo') within 1 s, got 1.
+    ...    Wait Until Messages Received    acceptance/solo/b    count=2    timeout=1s
+
+The Connection Subscribed To The Topic Itself Wins Over A Wildcard
+    [Documentation]    'default' is subscribed to iotix/#, 'exact' to one topic under it: without an alias the
+    ...    exact subscription is used.
+    Open Receiver    exact    iotix/acceptance/exact
+    Publish MQTT Message    iotix/acceptance/exact    hello    qos=1
+    ${messages} =    Wait Until Messages Received    iotix/acceptance/exact    timeout=5s
+    Should Be Equal    ${messages}[0][payload]    hello
+    ${default} =    Wait Until Messages Received    iotix/acceptance/exact    timeout=5s    alias=default
+    Should Be Equal    ${default}[0][payload]    hello
+
+Several Or No Connections Subscribed To A Topic Need An Alias
+    [Documentation]    Two connections subscribed to the same topic: the failure names both; none subscribed:
+    ...    the failure names the connections and their subscriptions.
+    Open Receiver    twin-a    acceptance/twins
+    Open Receiver    twin-b    acceptance/twins
+    Run Keyword And Expect Error
+    ...    Several MQTT connections are subscribed to 'acceptance/twins' ('twin-a', 'twin-b'); say which with alias=.
+    ...    Wait Until Messages Received    acceptance/twins
+    Run Keyword And Expect Error
+    ...    Several MQTT connections are subscribed to 'acceptance/twins' ('twin-a', 'twin-b')*
+    ...    Get Received Messages    acceptance/twins
+    Run Keyword And Expect Error
+    ...    No MQTT connection is subscribed to 'acceptance/nobody' (connections: 'default' ('iotix/#'); 'twin-a'*
+    ...    Wait Until Messages Received    acceptance/nobody    timeout=1s
+
 Reading A Topic That Was Not Subscribed Fails
     [Documentation]    The message lists the subscriptions the alias has.
     Open Receiver    narrow    acceptance/narrow
@@ -111,11 +153,39 @@ An Unreachable Broker Fails To Connect
     Run Keyword And Expect Error    Cannot connect 'nowhere' to MQTT broker 127.0.0.1:1: cannot reach broker*
     ...    Connect To MQTT Broker    127.0.0.1    1    alias=nowhere    timeout=5s
 
+An Invalid Topic Filter Is Refused Naming The Filter And The Rule
+    [Documentation]    A filter with '#' before its last level, or a wildcard inside a level, fails naming the
+    ...    filter and the rule (not paho's bare "Invalid subscription filter"). The connection keeps working and
+    ...    keeps no refused subscription.
+    Open Receiver    filters    acceptance/filters
+    Run Keyword And Expect Error
+    ...    'filters' cannot subscribe to 'a/#/b': '#' must be the last level: *(as in 'a/#'), but '/b' follows it.
+    ...    Subscribe To Topic    a/#/b    alias=filters
+    Run Keyword And Expect Error
+    ...    'filters' cannot subscribe to 'a/b+/c': '+' must be a whole level (as in 'a/+/c'), but level 2 is 'b+'.
+    ...    Subscribe To Topic    a/b+/c    alias=filters
+    Publish MQTT Message    acceptance/filters    still-here    qos=1    alias=filters
+    ${messages} =    Wait Until Messages Received    acceptance/filters    count=1    alias=filters
+    Should Be Equal    ${messages}[0][payload]    still-here
+    Run Keyword And Expect Error    'filters' is not subscribed to 'a/#/b'*
+    ...    Get Received Messages    a/#/b    alias=filters
+
+A Wildcard Topic To Publish To And A Port Outside 1-65535 Are Refused
+    [Documentation]    Publishing needs one topic, so '+' and '#' are refused naming the topic; a port beyond
+    ...    65535 is refused naming it, instead of being dialled modulo 65536.
+    Run Keyword And Expect Error
+    ...    'default' cannot publish to 'a/+': a message goes to one topic: '+' is a wildcard, for subscriptions only.
+    ...    Publish MQTT Message    a/+    x
+    Run Keyword And Expect Error
+    ...    Cannot connect 'far' to MQTT broker 127.0.0.1:70000: port must be a port number between 1 and 65535, *
+    ...    Connect To MQTT Broker    127.0.0.1    70000    alias=far
+
 
 *** Keywords ***
 Disconnect Test Receivers
     [Documentation]    Disconnects the receivers a test opened (every alias but the suite's 'default').
-    FOR    ${alias}    IN    echo    bg    wild    late    binary    short    narrow    once
+    FOR    ${alias}    IN    echo    bg    wild    late    binary    short    narrow    once    solo    exact
+    ...    twin-a    twin-b    filters
         Disconnect From MQTT Broker    ${alias}
     END
 

@@ -1,8 +1,11 @@
 *** Settings ***
 Documentation       Send Command To Device and Get Received Commands: reboot reconnects the device (and what it
 ...                 reads meanwhile is queued and delivered), setInterval changes its rate, every command is
-...                 recorded and answered on the model's response topic, unknown commands are refused.
+...                 recorded and answered on the model's response topic, unknown commands are refused;
+...                 updateFirmware reports its progress and result, reboots into the new version, and fails for
+...                 a share of the devices as the model's failureRate and the fleet's seed say.
 Resource            ../acceptance.resource
+Library             Collections
 
 Suite Setup         Start Acceptance Environment
 Suite Teardown      Stop Acceptance Environment
@@ -111,15 +114,46 @@ Every Command Is Recorded With Its Parameters
     Values Should Include    command    ${commands}[0]    command=ping    status=ok
     Fleet Stats Should Include    record    commandsReceived=2
 
+A Firmware Update Reports Progress And Result And Reboots Into The New Version
+    [Documentation]    updateFirmware: the gateway answers 'accepted', reports its download (0 to 100 %) and the
+    ...    result on the response topic, reboots, and from then on runs 1.1.0: in Get Device Status and in its
+    ...    telemetry.
+    Open Receiver    firmware    iotix/acceptance-gateway/fw-0/#
+    Start Local Fleet    acceptance-gateway    name=firmware    id_pattern=fw-{index}    seed=1
+    Device Status Should Include    fw-0    firmwareVersion=1.0.0
+    Send Command To Device    fw-0    updateFirmware    version=1.1.0    url=https://fw.example/gw.bin
+    ${result} =    Firmware Responses Should Show Progress And Result    fw-0    ok
+    Values Should Include    result    ${result}    version=1.1.0    previousVersion=1.0.0
+    ...    detail=firmware 1.1.0 installed (was 1.0.0); rebooting
+    Wait Until Keyword Succeeds    10s    100ms
+    ...    Device Status Should Include    fw-0    state=running    reconnects=1    firmwareVersion=1.1.0
+    ${commands} =    Get Received Commands    fw-0
+    Values Should Include    command    ${commands}[0]    command=updateFirmware    status=ok
+    Wait Until Keyword Succeeds    10s    100ms    Latest Reading Should Carry Firmware    fw-0    1.1.0
+    [Teardown]    Delete Fleets And Disconnect    firmware
+
+A Share Of Firmware Updates Fails, The Same Devices Again With The Same Seed
+    [Documentation]    The model's failureRate 0.5: of six gateways some fail (status error, still 1.0.0, no
+    ...    reboot) and the others run 1.1.0. A fleet created again with the same seed fails on the same devices.
+    ${failed} =    Update Every Gateway    share    seed=1
+    ${count} =    Get Length    ${failed}
+    Should Be True    0 < ${count} < 6    ${count} of 6 updates failed
+    FOR    ${device}    IN    @{failed}
+        Device Status Should Include    ${device}    firmwareVersion=1.0.0    reconnects=0
+    END
+    Delete All Fleets
+    ${again} =    Update Every Gateway    share    seed=1
+    Should Be Equal    ${again}    ${failed}
+
 Unknown Commands And Devices Are Refused
     [Documentation]    The failure names the device, its model and the commands it has.
     Create Local Fleet    acceptance-sensor    name=refuse    id_pattern=refuse-{index}
-    Create Local Fleet    simple-temperature    name=plain    id_pattern=plain-{index}
+    Create Local Fleet    simple-temperature-plus    name=plain    id_pattern=plain-{index}
     Run Keyword And Expect Error
     ...    Device 'refuse-0' (model 'acceptance-sensor') has no command 'selfDestruct'; its commands: reboot, *
     ...    Send Command To Device    refuse-0    selfDestruct
     Run Keyword And Expect Error
-    ...    Device 'plain-0' (model 'simple-temperature') has no command 'reboot'; its commands: none.
+    ...    Device 'plain-0' (model 'simple-temperature-plus') has no command 'reboot'; its commands: none.
     ...    Send Command To Device    plain-0    reboot
     Run Keyword And Expect Error    No device 'ghost-0' in any fleet (fleets: plain, refuse).
     ...    Send Command To Device    ghost-0    reboot
@@ -127,6 +161,55 @@ Unknown Commands And Devices Are Refused
 
 
 *** Keywords ***
+Firmware Responses Should Show Progress And Result
+    [Documentation]    Waits until receiver 'firmware' got the seven responses of ${device_id}'s updateFirmware:
+    ...    accepted, downloading at 0, 25, 50, 75 and 100 %, and the result ${status}; returns the result.
+    [Arguments]    ${device_id}    ${status}
+    ${messages} =    Wait Until Messages Received
+    ...    iotix/acceptance-gateway/${device_id}/commands/updateFirmware/response    count=7    timeout=10s
+    ...    alias=firmware
+    ${responses} =    Evaluate    [json.loads(m['payload']) for m in $messages]    modules=json
+    ${statuses} =    Evaluate    [r['status'] for r in $responses]
+    Should Be Equal    ${statuses}    ${{ ['accepted'] + ['downloading'] * 5 + [$status] }}
+    Should Be Equal    ${{ [r.get('progress') for r in $responses[1:6]] }}    ${{ [0, 25, 50, 75, 100] }}
+    RETURN    ${responses}[-1]
+
+Latest Reading Should Carry Firmware
+    [Documentation]    Fails unless the latest telemetry of ${device_id} at receiver 'firmware' says it runs
+    ...    firmware ${version}.
+    [Arguments]    ${device_id}    ${version}
+    ${readings} =    Get Received Messages    iotix/acceptance-gateway/${device_id}/telemetry    alias=firmware
+    ${latest} =    Evaluate    json.loads($readings[-1]['payload'])    modules=json
+    Should Be Equal    ${latest}[firmwareVersion]    ${version}
+
+Update Every Gateway
+    [Documentation]    Starts fleet ${name} of six acceptance gateways with ${seed}, sends each updateFirmware
+    ...    to 1.1.0, waits until every update is done; returns the ids of the devices whose update failed.
+    [Arguments]    ${name}    ${seed}
+    ${fleet} =    Start Local Fleet    acceptance-gateway    count=6    name=${name}    id_pattern=${name}-{index}
+    ...    seed=${seed}
+    ${devices} =    Get Devices    ${fleet}
+    FOR    ${device}    IN    @{devices}
+        Send Command To Device    ${device}    updateFirmware    version=1.1.0
+    END
+    VAR    @{failed}    @{EMPTY}
+    FOR    ${device}    IN    @{devices}
+        ${command} =    Wait Until Keyword Succeeds    10s    100ms    Update Should Be Done    ${device}
+        IF    $command['status'] == 'error'    Append To List    ${failed}    ${device}
+        IF    $command['status'] == 'ok'
+            Wait Until Keyword Succeeds    10s    100ms
+            ...    Device Status Should Include    ${device}    state=running    firmwareVersion=1.1.0
+        END
+    END
+    RETURN    ${failed}
+
+Update Should Be Done
+    [Documentation]    Fails while the latest command of ${device_id} is still 'accepted'; returns it.
+    [Arguments]    ${device_id}
+    ${commands} =    Get Received Commands    ${device_id}
+    Should Not Be Equal    ${commands}[-1][status]    accepted    ${device_id} is still updating    values=False
+    RETURN    ${commands}[-1]
+
 Start Measured Fleet
     [Documentation]    Opens receiver ${name} on the acceptance sensors' telemetry, starts fleet ${name} of two
     ...    acceptance sensors (ids ${name}-{index}) with ${options} and waits until they sent a few readings.

@@ -49,15 +49,15 @@ Override Errors Name The Device, The Field And The Value
     Clear Telemetry Override    bad-override-0    counter
 
 The Gateway Raises Its High CPU Alert When cpuUsage Is Forced Above 90
-    [Documentation]    industrial-gateway-v1's behavior 'cpuUsage > 90' publishes an alert with the reading;
+    [Documentation]    industrial-gateway-plus's behavior 'cpuUsage > 90' publishes an alert with the reading;
     ...    a gateway that is not forced stays quiet. The override is set before the start, so the first
     ...    reading already triggers it.
-    Open Receiver    alerts    iotix/industrial-gateway-v1/+/alerts
-    ${fleet} =    Create Local Fleet    industrial-gateway-v1    count=2    name=gateways    id_pattern=gw-{index}
+    Open Receiver    alerts    iotix/industrial-gateway-plus/+/alerts
+    ${fleet} =    Create Local Fleet    industrial-gateway-plus    count=2    name=gateways    id_pattern=gw-{index}
     Set Telemetry Override    gw-1    cpuUsage    95
     Start Fleet    ${fleet}
-    ${alerts} =    Wait Until Messages Received    iotix/industrial-gateway-v1/+/alerts    timeout=10s    alias=alerts
-    Should Be Equal    ${alerts}[0][topic]    iotix/industrial-gateway-v1/gw-1/alerts
+    ${alerts} =    Wait Until Messages Received    iotix/industrial-gateway-plus/+/alerts    timeout=10s    alias=alerts
+    Should Be Equal    ${alerts}[0][topic]    iotix/industrial-gateway-plus/gw-1/alerts
     ${alert} =    Evaluate    json.loads($alerts[0]['payload'])    modules=json
     Values Should Include    alert    ${alert}    alert=high_cpu    cpu=95.0
     Fleet Stats Should Include    ${fleet}    behaviorsFired=1
