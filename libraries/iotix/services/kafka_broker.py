@@ -196,8 +196,6 @@ class KafkaBroker(LocalServer):
     ) -> None:
         if client_auth and not tls:
             raise ConfigurationError("client_auth (client certificates required) needs tls=True too.")
-        if ca_dir is not None and not tls:
-            raise ConfigurationError("ca_dir is the CA of a TLS broker: give tls=True too.")
         if bool(sasl_username) != (sasl_password is not None):
             raise ConfigurationError("A SASL broker needs both sasl_username and sasl_password.")
         unknown = [m for m in sasl_mechanisms if m not in SASL_MECHANISMS]
@@ -205,11 +203,9 @@ class KafkaBroker(LocalServer):
             raise ConfigurationError(
                 f"SASL mechanisms must be among {', '.join(SASL_MECHANISMS)}, got {', '.join(sasl_mechanisms)}."
             )
-        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
+        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout, tls=tls, ca_dir=ca_dir)
         self._tansu = os.fspath(tansu) if tansu is not None else None
-        self._tls_on = tls
         self._client_auth = client_auth
-        self._ca_dir = Path(ca_dir).absolute() if ca_dir is not None else None
         self._sasl_username = sasl_username
         self._sasl_password = sasl_password
         self._sasl_mechanisms = tuple(sasl_mechanisms)
@@ -226,15 +222,6 @@ class KafkaBroker(LocalServer):
     def secured(self) -> bool:
         """Whether the broker runs behind the TLS/SASL front."""
         return self.security_protocol != "PLAINTEXT"
-
-    @property
-    def ca_dir(self) -> Path | None:
-        """The folder of the CA (``ca.pem``, ``ca.key``) of a TLS broker, or None."""
-        if not self._tls_on:
-            return None
-        if self._ca_dir is None:
-            self._ca_dir = self._directory() / "ca"
-        return self._ca_dir
 
     def same_settings(
         self, *, tls: bool, client_auth: bool, sasl_username: str, sasl_mechanisms: Sequence[str] = SASL_MECHANISMS

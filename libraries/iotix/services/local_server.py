@@ -18,7 +18,9 @@ S = TypeVar("S", bound="LocalServer")
 
 
 class LocalServer:
-    """Base of :class:`~iotix.services.mqtt_broker.MqttBroker` and the IoTFlow backend.
+    """Base of :class:`~iotix.services.mqtt_broker.MqttBroker`, the Kafka broker and the IoTFlow backend.
+
+    A server started with ``tls=True`` has a CA (:attr:`ca_dir`: given, or made in its work folder).
 
     Subclasses give ``NAME`` (for messages), ``DIR_PREFIX``, ``LOG_NAME``, the ``url`` and
     ``_make_process(port)``. ``port=0`` picks a free port at the first start (retrying while another
@@ -38,9 +40,15 @@ class LocalServer:
         *,
         host: str = LOCALHOST,
         startup_timeout: float = 15.0,
+        tls: bool = False,
+        ca_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigurationError(f"{self.NAME} port must be 0..65535, got {port}.")
+        if ca_dir is not None and not tls:
+            raise ConfigurationError("ca_dir is the CA of a TLS broker: give tls=True too.")
+        self._tls_on = tls
+        self._ca_dir = Path(ca_dir).absolute() if ca_dir is not None else None
         self._port = port
         self._host = host
         self._workdir = Path(workdir) if workdir is not None else None
@@ -61,6 +69,21 @@ class LocalServer:
     @property
     def url(self) -> str:
         raise NotImplementedError
+
+    @property
+    def tls(self) -> bool:
+        """Whether clients must speak TLS to this server."""
+        return self._tls_on
+
+    @property
+    def ca_dir(self) -> Path | None:
+        """The folder of the CA (``ca.pem``, ``ca.key``) of a TLS server, or None (made in its work folder
+        unless one was given)."""
+        if not self._tls_on:
+            return None
+        if self._ca_dir is None:
+            self._ca_dir = self._directory() / "ca"
+        return self._ca_dir
 
     @property
     def log_path(self) -> Path:

@@ -184,17 +184,13 @@ class MqttBroker(LocalServer):
         if kind not in BROKER_KINDS:
             choices = ", ".join(BROKER_KINDS)
             raise ConfigurationError(f"Unknown MQTT broker kind {kind!r}: use one of {choices}.")
-        if ca_dir is not None and not tls:
-            raise ConfigurationError("ca_dir is the CA of a TLS broker: give tls=True too.")
         if tls and kind != "mosquitto":
             raise ConfigurationError(f"A TLS broker needs Mosquitto; the {kind} broker does not do TLS here.")
         if tls and not server_names:
             raise ConfigurationError("A TLS broker needs at least one server name for its certificate.")
-        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout)
+        super().__init__(port, workdir, host=host, startup_timeout=startup_timeout, tls=tls, ca_dir=ca_dir)
         self._kind = kind
         self.DIR_PREFIX = f"iotix-{kind}-"
-        self._tls_on = tls
-        self._ca_dir = Path(ca_dir).absolute() if ca_dir is not None else None
         self._own_ca = ca_dir is None  # the CA lives in the work directory and goes with it
         self._server_names = tuple(server_names)
         self._tls: MosquittoTls | None = None
@@ -204,20 +200,6 @@ class MqttBroker(LocalServer):
     def kind(self) -> str:
         """'mosquitto' or 'amqtt'."""
         return self._kind
-
-    @property
-    def tls(self) -> bool:
-        """Whether this is a TLS broker."""
-        return self._tls_on
-
-    @property
-    def ca_dir(self) -> Path | None:
-        """The directory of the CA of a TLS broker (``ca.pem``, ``ca.key``), or None."""
-        if not self._tls_on:
-            return None
-        if self._ca_dir is None:
-            self._ca_dir = self._directory() / "ca"
-        return self._ca_dir
 
     @property
     def url(self) -> str:

@@ -30,11 +30,10 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iotix.errors import ConfigurationError
-from iotix.transport.tls import ClientTls, FleetTls, client_tls
+from iotix.transport.tls import ClientTls, FleetTls, client_tls, file_mtime
 
 if TYPE_CHECKING:
     from iotix.transport.base import TransportSpec
@@ -53,15 +52,6 @@ class _Hidden(str):
 
     def __repr__(self) -> str:
         return "'***'"
-
-
-def _mtime(path: Path | None) -> int:
-    if path is None:
-        return 0
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,9 +79,9 @@ class KafkaSecurity:
         if tls is not None:
             tls_key = (
                 tls.ca,
-                _mtime(tls.ca),
+                file_mtime(tls.ca),
                 tls.cert,
-                _mtime(tls.cert),
+                file_mtime(tls.cert),
                 tls.min_version,
                 tls.check_hostname,
             )

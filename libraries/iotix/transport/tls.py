@@ -344,7 +344,7 @@ class FleetTls:
         unusable, and when the device certificate is expired or not valid yet (checked at every call).
         """
         paths = self.paths_for(link)
-        key = (paths, *(_mtime(p) for p in (paths.ca, paths.cert, paths.key)))
+        key = (paths, *(file_mtime(p) for p in (paths.ca, paths.cert, paths.key)))
         tls = self._cache.get(key)
         if tls is None:
             tls = self._build(paths)
@@ -394,7 +394,8 @@ class FleetTls:
         return f" (pattern '{pattern}' in tls_dir '{self.base_dir}')"
 
 
-def _mtime(path: Path | None) -> int:
+def file_mtime(path: Path | None) -> int:
+    """``st_mtime_ns`` of ``path`` (0: no path, -1: unreadable): part of a cache key that changes with the file."""
     if path is None:
         return 0
     try:
