@@ -61,13 +61,6 @@ def expected_alert(device_id: str) -> dict[str, Any]:
     return {"alert": "hot", "t": 150.0, "device": device_id}
 
 
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
-
-
 @pytest.fixture(scope="module")
 def mosquitto():
     if find_mosquitto() is None:

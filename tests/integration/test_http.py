@@ -130,13 +130,6 @@ def server():
     s.close()
 
 
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
-
-
 def seqs_by_device(bodies: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[str, int]]) -> dict[str, list]:
     out: dict[str, list[int]] = defaultdict(list)
     for body in bodies:

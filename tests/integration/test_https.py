@@ -72,13 +72,6 @@ def server(pki: dict[str, Path]):
     s.close()
 
 
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
-
-
 def https_model(url: str, **connection: Any) -> dict[str, Any]:
     return {
         "id": "it-https",

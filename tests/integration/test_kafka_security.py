@@ -57,13 +57,6 @@ def sasl_ssl(tmp_path_factory: pytest.TempPathFactory) -> KafkaBroker:
     broker.stop()
 
 
-@pytest.fixture
-def h():
-    harness = Harness()
-    yield harness
-    harness.close()
-
-
 def librdkafka_config(broker: KafkaBroker, mechanism: str = "SCRAM-SHA-512", **extra: Any) -> dict[str, Any]:
     info = broker.info()
     config = {
