@@ -18,21 +18,16 @@ This module only reads and checks; :mod:`iotix.fleet.scenario` turns a :class:`S
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-from jsonschema import Draft202012Validator
 
 from iotix.errors import ConfigurationError, NotFoundError
 from iotix.model.errors import ROOT, ModelError, ModelNotFoundError, Problem
 from iotix.model.loader import MODEL_SUFFIXES, _read_document
-from iotix.model.schema_errors import as_problems, format_path, kind, schema_problems
+from iotix.model.schema_errors import as_problems, format_path, kind, schema_problems, shipped_schema, validator_for
 
 __all__ = [
     "SCENARIO_SCHEMA_FILE",
@@ -161,17 +156,9 @@ class Scenario:
 # --------------------------------------------------------------------------------------------------
 
 
-@cache
 def scenario_schema() -> dict[str, Any]:
     """The scenario JSON Schema shipped with the package."""
-    text = resources.files("iotix.model").joinpath("schema", SCENARIO_SCHEMA_FILE).read_text(encoding="utf-8")
-    loaded: dict[str, Any] = json.loads(text)
-    return loaded
-
-
-@cache
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(scenario_schema())
+    return shipped_schema(SCENARIO_SCHEMA_FILE)
 
 
 def is_model_path(ref: str) -> bool:
@@ -186,7 +173,7 @@ def looks_like_scenario(data: Any) -> bool:
 
 def _schema_problems(data: dict[str, Any]) -> list[Problem]:
     found = []
-    for parts, message in schema_problems(data, _validator()):
+    for parts, message in schema_problems(data, validator_for(SCENARIO_SCHEMA_FILE)):
         is_password = len(parts) >= 2 and parts[-2:] == ("connection", "password")
         found.append((parts, _NEVER_IN_FILES if is_password else message))
     return list(as_problems(found))

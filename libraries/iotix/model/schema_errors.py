@@ -37,16 +37,22 @@ _TYPE_NAMES = {
 
 
 @cache
-def schema() -> dict[str, Any]:
-    """The device model JSON Schema shipped with the package."""
-    text = resources.files("iotix.model").joinpath("schema", SCHEMA_FILE).read_text(encoding="utf-8")
+def shipped_schema(file: str) -> dict[str, Any]:
+    """A JSON Schema shipped with the package (``model/schema/<file>``)."""
+    text = resources.files("iotix.model").joinpath("schema", file).read_text(encoding="utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 
 
 @cache
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(schema())
+def validator_for(file: str) -> Draft202012Validator:
+    """A validator of the shipped JSON Schema ``file``, made once."""
+    return Draft202012Validator(shipped_schema(file))
+
+
+def schema() -> dict[str, Any]:
+    """The device model JSON Schema shipped with the package."""
+    return shipped_schema(SCHEMA_FILE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,7 +262,9 @@ def _convert(error: ValidationError) -> list[tuple[PathParts, str]]:
 def schema_problems(data: Any, validator: Draft202012Validator | None = None) -> list[tuple[PathParts, str]]:
     """Every schema violation in ``data`` as ``(path parts, message)``, in document-path order, without
     duplicates. ``validator`` checks against another schema (scenario files); default: the device model's."""
-    errors = sorted((validator or _validator()).iter_errors(data), key=lambda e: _sort_key(tuple(e.absolute_path)))
+    errors = sorted(
+        (validator or validator_for(SCHEMA_FILE)).iter_errors(data), key=lambda e: _sort_key(tuple(e.absolute_path))
+    )
     return list(dict.fromkeys(problem for error in errors for problem in _convert(error)))
 
 
