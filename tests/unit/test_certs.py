@@ -29,7 +29,7 @@ from iotix.security import (
 )
 from iotix.transport.tls import ClientTls, client_tls
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 def load(path: Path) -> x509.Certificate:

@@ -653,7 +653,7 @@ async def _raw_http(url: str, devices: int, interval: float, duration: float, ta
                         latencies.append(loop.time() - t0)
                     else:
                         failed += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 failed += 1
 
         per_tick = due_per_tick(devices, interval)

@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -227,7 +227,7 @@ class TransmissionLog:
             slot = i % self.size
             wall, nbytes, latency, result = _ENTRY.unpack_from(self.buf, slot * _ENTRY.size)
             yield {
-                "time": datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds"),
+                "time": datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds"),
                 "bytes": nbytes,
                 "result": RESULTS[result],
                 "latencyMs": round(latency, 3) if latency >= 0 else None,

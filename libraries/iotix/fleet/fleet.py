@@ -18,7 +18,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -426,7 +426,7 @@ class Fleet:
             "command": name,
             "parameters": params,
             "topic": topic,
-            "receivedAt": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "receivedAt": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         if device.commands is None:
             device.commands = []

@@ -58,7 +58,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -89,7 +89,7 @@ _OPTIONAL_DEVICE_FIELDS = ("description", "location", "firmware_version", "hardw
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _RELATIVE_TIME = re.compile(r"^-(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_MICROS = 2**62
 #: Compact JSON; ASCII only, so that any string (even a lone surrogate) encodes and stores.
 _dumps = functools.partial(json.dumps, separators=(",", ":"))
@@ -149,7 +149,7 @@ def us_from_iso(text: str) -> int:
         text = text[:-1] + "+00:00"
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 

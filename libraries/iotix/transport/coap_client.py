@@ -69,7 +69,7 @@ async def coap_request(
     ctx = await aiocoap.Context.create_client_context(transports=["udp6"])
     try:
         response = await asyncio.wait_for(ctx.request(request).response, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise CoapClientError(f"CoAP {method.upper()} {uri}: timeout, no response within {timeout:g} s") from None
     except aiocoap.error.Error as err:
         raise _failure(f"CoAP {method.upper()} {uri}", err) from None
@@ -108,7 +108,7 @@ class CoapObservation:
         pending = self._ctx.request(request)
         try:
             first = await asyncio.wait_for(pending.response, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self._ctx.shutdown()
             raise CoapClientError(f"CoAP observe {self.uri}: timeout, no response within {timeout:g} s") from None
         except aiocoap.error.Error as err:

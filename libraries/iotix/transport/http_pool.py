@@ -409,7 +409,7 @@ class HttpTransportBase(Transport):
             async with session.request(method, url, json=json_body, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise NoAnswer(f"device '{link.id}': no answer from {method} {url} within {self.timeout:g} s") from None
         except aiohttp.ServerDisconnectedError as err:
             raise NoAnswer(f"device '{link.id}': {method} {url} failed: {self._client_error(err)}") from None
@@ -588,7 +588,7 @@ class HttpTransportBase(Transport):
                     snippet = None
                 else:
                     snippet = await resp.content.read(SNIPPET_BYTES)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failed(f"no answer from {method} {url} within {self.timeout:g} s", "timeout")
             return
         except aiohttp.ClientError as err:
@@ -695,7 +695,7 @@ class HttpTransportBase(Transport):
         try:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), 2.0)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 return  # the server is down: a new pool would not do better
             writer.close()
             old, self._session = self._session, None

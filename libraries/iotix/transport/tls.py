@@ -112,7 +112,7 @@ class ClientTls:
         """Why the client certificate cannot be used now (expired, not yet valid), or None."""
         if self.cert is None or self.not_after is None or self.not_before is None:
             return None
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         if now >= self.not_after:
             return (
                 f"the TLS client certificate '{self.cert}' (connection.tls.certFile) expired on "
