@@ -322,7 +322,7 @@ def test_min_version_1_3_connects_and_the_devices_share_contexts_only_when_their
     tls = fleet.transport.tls
     contexts = {id(tls.for_device(d)) for d in fleet.devices}
     assert len(contexts) == 3  # one certificate each
-    assert all(isinstance(d.conn._sock, ssl.SSLSocket) for d in fleet.devices)
+    assert all(isinstance(d.conn.wire_socket, ssl.SSLSocket) for d in fleet.devices)
     assert {d.conn._sock.version() for d in fleet.devices} == {"TLSv1.3"}
 
     shared = h.fleet(

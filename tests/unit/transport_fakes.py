@@ -93,8 +93,10 @@ def make_spec(
     fleet: str = "fake",
     credentials: Credentials | None = None,
     tls_dir: str | None = None,
+    faults: Any = None,
 ) -> TransportSpec:
-    """A transport spec for a model given as a dict, with connection keys overridden."""
+    """A transport spec for a model given as a dict, with connection keys overridden (``faults``: a
+    :class:`iotix.fault.faultset.FaultSet` the transport routes its connections through)."""
     m = load_model_dict(model)
     return TransportSpec(
         fleet=fleet,
@@ -102,6 +104,7 @@ def make_spec(
         connection=MappingProxyType({**m.connection, **(connection or {})}),
         credentials=credentials or Credentials(),
         tls_dir=tls_dir,
+        faults=faults,
     )
 
 

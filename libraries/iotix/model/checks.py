@@ -192,6 +192,7 @@ PROTOCOL_KEYS: dict[str, frozenset[str]] = {
             "commandTopicPattern",
             "connectTimeoutMs",
             "maxInflight",
+            "pubackTimeoutMs",
         }
     ),
     "coap": frozenset({"path", "confirmable", "mode", "serverPort", "ackTimeoutMs", "maxRetransmit"}),

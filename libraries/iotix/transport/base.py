@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from iotix.errors import ConfigurationError, IoTixError
 
 if TYPE_CHECKING:
+    from iotix.fault.faultset import FaultSet
     from iotix.model.types import DeviceModel
 
 
@@ -81,6 +82,9 @@ class TransportSpec:
     #: where relative ``connection.tls`` paths resolve (None: the model file's folder)
     tls_dir: str | None = None
     seed: int | str | None = None
+    #: the network faults of the fleet (``iotix.fault``): the transport routes its connections through them;
+    #: None when the fleet was created without the fault layer
+    faults: FaultSet | None = None
 
     @property
     def protocol(self) -> str:
@@ -164,6 +168,9 @@ class Transport(ABC):
     #: (retries, circuit breaker, error state, transmission log). MQTT hands messages to a connection; its
     #: transmission log records the hand-over.
     request_based: bool = False
+    #: Whether each device has connections of its own, so network faults can act on chosen devices (MQTT, CoAP
+    #: client). Pooled transports (HTTP, Kafka) share connections: their faults act on the whole fleet.
+    per_device_faults: bool = False
     #: The fleet's TLS settings (:class:`iotix.transport.tls.FleetTls`) when the transport uses TLS.
     tls: Any = None
 

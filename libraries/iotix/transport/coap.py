@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iotix.behavior import Template, compile_template
+from iotix.fault.datagram import DatagramTap
 from iotix.observe.histogram import Histogram
 from iotix.transport.base import Link, Outcomes, TransportError, TransportSpec
 from iotix.transport.coap_base import CoapTransport, enlarge_receive_buffer, resolve_host
@@ -194,6 +195,17 @@ class ClientEndpoint(asyncio.DatagramProtocol):
         msg = parse_message(data)
         if msg is None:
             return
+        if self.owner.faults is not None:  # the answer goes through its device's down pipe
+            ex = self.by_mid.get(msg.mid) if msg.mtype >= ACK else self.by_token.get(msg.token)
+            conn = ex.link.conn if ex is not None else None
+            tap = conn.tap if conn is not None else None
+            if tap is not None and not tap.down.idle:
+                tap.receive(data)
+                return
+        self.handle(msg)
+
+    def handle(self, msg: CoapMessage) -> None:
+        """A datagram from the server (past the fault layer)."""
         if msg.mtype >= ACK:  # ACK or RST
             self._on_ack_or_reset(msg)
         elif msg.code >= 64:  # a CON or NON response (separate response)
@@ -237,7 +249,11 @@ class ClientEndpoint(asyncio.DatagramProtocol):
     def _on_separate_response(self, msg: CoapMessage) -> None:
         ex = self.by_token.get(msg.token)
         if msg.mtype == CON:
-            self.write(empty_message(ACK if ex is not None else RST, msg.mid))
+            answer = empty_message(ACK if ex is not None else RST, msg.mid)
+            if ex is not None:
+                self.owner.write(ex.link, self, answer)
+            else:
+                self.write(answer)
         if ex is not None:
             self.by_mid.pop(ex.mid, None)
             self.owner.separate_responses += 1
@@ -249,14 +265,15 @@ class ClientEndpoint(asyncio.DatagramProtocol):
 
 
 class _ClientConn:
-    """A client-mode device: whether it sends, and its pre-encoded path options."""
+    """A client-mode device: whether it sends, its pre-encoded path options, its datagrams' fault-layer tap."""
 
-    __slots__ = ("connected", "options", "path")
+    __slots__ = ("connected", "options", "path", "tap")
 
     def __init__(self, path: str, options: bytes) -> None:
         self.connected = False
         self.path = path
         self.options = options
+        self.tap: DatagramTap | None = None  # with the fleet's network faults (see CoapClientTransport)
 
 
 # -- client mode: the transport ---------------------------------------------------------------------------------
@@ -269,6 +286,7 @@ class CoapClientTransport(CoapTransport):
 
     def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
         super().__init__(spec, links, outcomes)
+        self.faults = spec.faults
         self.request_based = self.confirmable
         self._path: Template = compile_template(str(spec.connection.get("path", "/telemetry/${deviceId}")))
         self._path_per_message = bool(self._path.names & {"seq", "ts"})
@@ -328,6 +346,8 @@ class CoapClientTransport(CoapTransport):
         if conn is None:
             path = self._render_path(link, 0, 0)
             conn = link.conn = _ClientConn(path, request_options(path, self.content_format))
+        if self.faults is not None and conn.tap is None:
+            conn.tap = DatagramTap(self.faults, link.id, send=self._send_late, receive=self._receive_late)
         conn.connected = True
 
     def is_connected(self, link: Link) -> bool:
@@ -345,6 +365,50 @@ class CoapClientTransport(CoapTransport):
             return
         conn.connected = False
         self._cancel_exchanges(link)
+        if conn.tap is not None:  # a switched-off device: what its pipes still hold is gone with it
+            conn.tap.close()
+            conn.tap = None
+
+    # -- the fault layer ----------------------------------------------------------------------------------------
+
+    def write(self, link: Link, endpoint: ClientEndpoint, datagram: bytes) -> bool:
+        """Send one of ``link``'s datagrams: straight to the socket, or through its tap when a fault acts on it.
+
+        With the fleet's network faults each device has a :class:`~iotix.fault.datagram.DatagramTap` (faults
+        may be chosen per device although the devices share the socket): its up pipe delivers the datagram
+        later, lost, duplicated or corrupted, to the fleet's current socket (:meth:`_send_late`). Answers
+        take the device's down pipe (``ClientEndpoint.datagram_received``). An outage (Take Target Down)
+        makes the datagrams vanish whatever its mode: UDP has no connection to refuse or reset.
+        """
+        conn: _ClientConn | None = link.conn
+        tap = conn.tap if conn is not None else None
+        if tap is None or tap.up.idle:
+            return endpoint.write(datagram)
+        transport = endpoint.transport
+        if transport is None or transport.is_closing():
+            return False
+        tap.send(datagram)
+        return True
+
+    def _send_late(self, datagram: bytes) -> None:
+        """A device's datagram that its up pipe delivers now (on the fleet's current socket)."""
+        endpoint = self._endpoint
+        if endpoint is not None:
+            endpoint.write(datagram)
+
+    def _receive_late(self, data: bytes) -> None:
+        """A server's datagram that a device's down pipe delivers now: handled by the socket whose exchange it
+        answers (the current one, or one retired by a rotation)."""
+        msg = parse_message(data)  # again: it may have been corrupted on the way
+        if msg is None:
+            return
+        endpoints = [e for e in (self._endpoint, *self._retired) if e is not None]
+        for endpoint in endpoints:
+            if (msg.mid in endpoint.by_mid) if msg.mtype >= ACK else (msg.token in endpoint.by_token):
+                endpoint.handle(msg)
+                return
+        if endpoints:
+            endpoints[0].handle(msg)  # late or duplicate: answered (RST to a CON) or ignored as without faults
 
     async def _ensure_endpoint(self) -> ClientEndpoint:
         """The fleet's socket, opened by the first device that connects (the others wait for it)."""
@@ -393,7 +457,7 @@ class CoapClientTransport(CoapTransport):
         if not self.confirmable:
             datagram = encode_message(NON, self._code, endpoint.take_mid(), b"", options, payload)
             self._after_take(endpoint)
-            return endpoint.write(datagram)
+            return self.write(link, endpoint, datagram)
         if self.in_flight >= self.max_in_flight:
             self.outcomes.not_sent(
                 link,
@@ -415,7 +479,9 @@ class CoapClientTransport(CoapTransport):
             if len(self._other_paths) < 1024:
                 self._other_paths[key] = options
         if not self.confirmable:
-            sent = endpoint.write(encode_message(NON, CODE_POST, endpoint.take_mid(), b"", options, payload))
+            sent = self.write(
+                link, endpoint, encode_message(NON, CODE_POST, endpoint.take_mid(), b"", options, payload)
+            )
             self._after_take(endpoint)
             self._event_done(link, path, None if sent else "the socket is closed")
             return sent
@@ -468,7 +534,7 @@ class CoapClientTransport(CoapTransport):
         ex.timeout = self.timing.first_timeout(self._rng)
         ex.tries = 1
         ex.handle = loop.call_later(ex.timeout, self._on_timer, ex)
-        endpoint.write(ex.datagram)
+        self.write(link, endpoint, ex.datagram)
         self._after_take(endpoint)
 
     def _after_take(self, endpoint: ClientEndpoint) -> None:
@@ -499,7 +565,7 @@ class CoapClientTransport(CoapTransport):
             ex.timeout *= 2
             self.retransmissions += 1
             ex.handle = asyncio.get_running_loop().call_later(ex.timeout, self._on_timer, ex)
-            ex.endpoint.write(ex.datagram)
+            self.write(ex.link, ex.endpoint, ex.datagram)
             return
         ex.endpoint.by_mid.pop(ex.mid, None)
         ex.endpoint.by_token.pop(ex.token, None)
@@ -621,6 +687,11 @@ class CoapClientTransport(CoapTransport):
                 self._discard(ex)
             endpoint.close()
         self._endpoint, self._retired = None, []
+        for link in self.links:
+            conn = link.conn
+            if isinstance(conn, _ClientConn) and conn.tap is not None:
+                conn.tap.close()
+                conn.tap = None
         if self._spare is not None:
             self._spare.cancel()
             with contextlib.suppress(BaseException):

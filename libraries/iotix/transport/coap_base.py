@@ -57,6 +57,9 @@ class CoapTransport(Transport):
     """CoAP devices of one fleet, either mode (:mod:`iotix.transport.coap`): the settings both read."""
 
     protocol = "coap"
+    #: network faults act on chosen devices: each device's datagrams pass the fault layer on their own (client
+    #: mode: a tap per device on the shared socket; server mode: taps on the device's own socket)
+    per_device_faults = True
     #: ``client`` or ``server``
     mode: str = ""
     #: Where the devices send (client) or listen (server) when the connection names no ``host``.

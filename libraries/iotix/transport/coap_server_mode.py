@@ -14,6 +14,11 @@ port with ``serverPort: 0``) bound to ``host`` (default 127.0.0.1) with the reso
   ``MAX_EVENT_PATHS`` per device). A command's later responses (an update's progress) go the same way;
 - ``/.well-known/core``: the list of the above.
 
+With the fleet's network faults (``spec.faults``), each device's datagrams pass the fault layer per peer:
+:class:`_ServerTaps` stands between the device's aiocoap socket and its message layer, with one
+:class:`iotix.fault.datagram.DatagramTap` per client address (upstream = from the device: responses and
+notifications; downstream = to the device: requests), so faults can be chosen per device as in client mode.
+
 ``send`` stores the reading and notifies observers. ``drop`` closes the socket (the device stops answering);
 a reconnect binds the same port again. Where a device answers (port and ``coap://host:port``) is
 :meth:`CoapServerTransport.device_address`. Cost per device: one aiocoap context with its UDP socket (one
@@ -47,6 +52,7 @@ from typing import Any
 from iotix.behavior import compile_template
 from iotix.encode import decode_envelope
 from iotix.errors import ConfigurationError
+from iotix.fault.datagram import DatagramTap
 from iotix.observe.histogram import Histogram
 from iotix.transport.base import Link, Outcomes, TransportError, TransportSpec
 from iotix.transport.coap_base import CoapTransport, resolve_host
@@ -100,14 +106,100 @@ def release_udp_port(host: str, port: int) -> None:
 
 def udp_socket_of(context: Any) -> Any:
     """The UDP socket of an aiocoap server context (udp6 transport), or None."""
+    message_interface = message_interface_of(context)
+    transport = getattr(message_interface, "transport", None)
+    return transport.get_extra_info("socket") if transport is not None else None
+
+
+def message_interface_of(context: Any) -> Any:
+    """The udp6 message interface (the socket's protocol) of an aiocoap server context, or None."""
     for interface in getattr(context, "request_interfaces", ()):
         manager = getattr(interface, "token_interface", None)
         message_interface = getattr(manager, "message_interface", None)
         transport = getattr(message_interface, "transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None:
-            return sock
+        if transport is not None and transport.get_extra_info("socket") is not None:
+            return message_interface
     return None
+
+
+# -- the fault layer ------------------------------------------------------------------------------------------
+
+#: Peers (client addresses) a server-mode device keeps a fault-layer tap for; the oldest goes beyond that.
+MAX_TAPPED_PEERS = 64
+
+
+class _Peer:
+    """One client of a server-mode device, as the fault layer sees it: a tap and where its datagrams go."""
+
+    __slots__ = ("address", "ancdata_in", "ancdata_out", "flags_in", "flags_out", "tap", "taps")
+
+    def __init__(self, taps: _ServerTaps, address: Any) -> None:
+        self.taps = taps
+        self.address = address
+        self.ancdata_out: Any = []
+        self.flags_out = 0
+        self.ancdata_in: Any = []
+        self.flags_in = 0
+        self.tap = DatagramTap(taps.faults, taps.owner, send=self._send, receive=self._receive)
+
+    def _send(self, data: bytes) -> None:
+        self.taps.real_sendmsg(data, self.ancdata_out, self.flags_out, self.address)
+
+    def _receive(self, data: bytes) -> None:
+        self.taps.real_received(data, self.ancdata_in, self.flags_in, self.address)
+
+
+class _ServerTaps:
+    """A server-mode device's datagrams through the fleet's network faults, one tap per peer.
+
+    It replaces (on the instances) the ``sendmsg`` of the device's aiocoap socket transport and the
+    ``datagram_msg_received`` of its message interface: aiocoap's message layer (deduplication,
+    retransmission of CON notifications) then runs above the faults, as it would above a real network.
+    """
+
+    __slots__ = ("closed", "faults", "owner", "peers", "real_received", "real_sendmsg")
+
+    def __init__(self, faults: Any, owner: str, message_interface: Any) -> None:
+        self.faults = faults
+        self.owner = owner
+        self.peers: dict[Any, _Peer] = {}
+        self.closed = False
+        transport = message_interface.transport
+        self.real_sendmsg = transport.sendmsg
+        self.real_received = message_interface.datagram_msg_received
+        transport.sendmsg = self.sendmsg
+        message_interface.datagram_msg_received = self.received
+
+    def _peer(self, address: Any) -> _Peer:
+        peer = self.peers.get(address)
+        if peer is None:
+            if len(self.peers) >= MAX_TAPPED_PEERS:
+                oldest = next(iter(self.peers))
+                self.peers.pop(oldest).tap.close()
+            peer = self.peers[address] = _Peer(self, address)
+        return peer
+
+    def sendmsg(self, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        if self.closed:  # the context is shutting down
+            self.real_sendmsg(data, ancdata, flags, address)
+            return
+        peer = self._peer(address)
+        peer.ancdata_out, peer.flags_out = ancdata, flags
+        peer.tap.send(data)
+
+    def received(self, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        if self.closed:
+            self.real_received(data, ancdata, flags, address)
+            return
+        peer = self._peer(address)
+        peer.ancdata_in, peer.flags_in = ancdata, flags
+        peer.tap.receive(data)
+
+    def close(self) -> None:
+        self.closed = True
+        for peer in self.peers.values():
+            peer.tap.close()
+        self.peers.clear()
 
 
 def udp_port_of(context: Any) -> int | None:
@@ -133,12 +225,14 @@ class _ServerConn:
         "port",
         "reply",
         "site",
+        "taps",
         "telemetry",
         "values",
     )
 
     def __init__(self) -> None:
         self.ctx: Any = None
+        self.taps: _ServerTaps | None = None  # the fault layer's taps of the current context
         self.pending: deque[bytes] = deque()  # readings not yet notified (several in one loop step)
         self.flushing = False
         self.port = 0
@@ -357,6 +451,11 @@ class CoapServerTransport(CoapTransport):
             release_udp_port(bind_host, port)
             raise TransportError(f"device '{link.id}': cannot listen on UDP {bind_host}:{port}: {err}") from None
         conn.port = port
+        faults = self.spec.faults
+        if faults is not None:
+            message_interface = message_interface_of(conn.ctx)
+            if message_interface is not None:
+                conn.taps = _ServerTaps(faults, link.id, message_interface)
 
     def is_connected(self, link: Link) -> bool:
         conn: _ServerConn | None = link.conn
@@ -378,6 +477,9 @@ class CoapServerTransport(CoapTransport):
     def _stop_server(self, conn: _ServerConn) -> None:
         """Close the device's context in the background; ``connect`` waits for it before binding again."""
         ctx, conn.ctx = conn.ctx, None
+        if conn.taps is not None:
+            conn.taps.close()
+            conn.taps = None
         if ctx is None:
             return
         host = str(self._addr[1][0]) if self._addr else self.host

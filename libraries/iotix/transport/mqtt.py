@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from paho.mqtt.enums import MQTTErrorCode
 
 from iotix.behavior import compile_template
+from iotix.fault.sock import close_deferred
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.paho_driver import LoopClient
 from iotix.transport.tls import FleetTls
@@ -33,7 +34,7 @@ def _on_disconnect(client: LoopClient, link: Link, flags: Any, reason_code: Any,
     if client.connection_failed(str(reason_code)) or client.close_reported:
         return  # a failed attempt (connect raises), a close the owner made, or a loss already reported
     client.close_reported = True  # paho may report one keep-alive timeout twice
-    client.outcomes.connection_lost(link, f"connection lost ({reason_code})")
+    client.outcomes.connection_lost(link, f"connection lost ({client.lost_reason or reason_code})")
 
 
 def _on_publish(client: LoopClient, link: Link, mid: int, reason_code: Any, properties: Any) -> None:
@@ -111,6 +112,8 @@ class MqttTransport(Transport):
     """paho-mqtt 2.x clients (MQTT 3.1.1 or 5) driven by the runtime loop."""
 
     protocol = "mqtt"
+    #: one connection per device: network faults act on chosen devices (their sockets are wrapped)
+    per_device_faults = True
 
     def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
         super().__init__(spec, links, outcomes)
@@ -123,6 +126,8 @@ class MqttTransport(Transport):
         self.mqtt_version: str = str(conn.get("mqttVersion", "3.1.1"))
         self.connect_timeout: float = float(conn.get("connectTimeoutMs", 10000)) / 1000.0
         self.max_inflight: int = int(conn.get("maxInflight", 100))
+        #: a QoS 1/2 PUBLISH unacknowledged this long gives the connection up (default: the keep-alive)
+        self.ack_timeout: float = float(conn.get("pubackTimeoutMs", self.keepalive * 1000)) / 1000.0
         self.tls: FleetTls | None = FleetTls.of(spec)  # connection.tls: one SSL context per distinct file set
         self._client_id = compile_template(str(conn.get("clientIdPattern", "${deviceId}")))
         self._topic = compile_template(str(conn.get("topicPattern", "iotix/${deviceId}/telemetry")))
@@ -189,6 +194,7 @@ class MqttTransport(Transport):
         )
         client.outcomes = self.outcomes
         client.max_inflight_messages_set(self.max_inflight)
+        client.ack_timeout = self.ack_timeout
         creds = self.spec.credentials
         if creds.username is not None:
             client.username_pw_set(creds.username, creds.password)
@@ -226,6 +232,8 @@ class MqttTransport(Transport):
                 addr=addr,
                 family=self._family,
                 tls=tls,
+                faults=self.spec.faults,
+                owner=link.id,
             )
         except TransportError as err:
             raise TransportError(f"device '{link.id}': {err}") from None
@@ -272,6 +280,21 @@ class MqttTransport(Transport):
             return
         client.close_reported = True
         client.abort()
+
+    async def close(self) -> None:
+        """Close the sockets whose close a network fault still holds back (see :mod:`iotix.fault.sock`)."""
+        if self.spec.faults is not None:
+            close_deferred(self.spec.faults)
+
+    def describe(self) -> dict[str, Any]:
+        """Adds how often a missing acknowledgement gave a connection up, and how many QoS 1/2 messages were
+        sent again (DUP) on the new connection."""
+        clients = [link.conn for link in self.links if link.conn is not None]
+        return {
+            **super().describe(),
+            "ackTimeouts": sum(c.ack_timeouts for c in clients),
+            "redelivered": sum(c.redelivered for c in clients),
+        }
 
     def periodic(self, now: float) -> None:
         links = self.links

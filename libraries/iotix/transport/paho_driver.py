@@ -15,6 +15,13 @@ per process. Here every client's socket is registered with the asyncio loop inst
   unknown CA, host name mismatch, client certificate refused by the broker (with TLS 1.3 that refusal
   arrives after the handshake, while CONNACK is awaited).
 
+Network faults (``open(..., faults=..., owner=...)``, see :mod:`iotix.fault`): a new connection first asks
+the fleet's fault set for admission (an outage or a partition refuses, resets or leaves it unanswered, as a
+real network would); an admitted connection is wrapped, after TCP connect and TLS handshake, in a
+:class:`iotix.fault.sock.FaultSocket` that paho uses as its socket. Its reader and writer callbacks are then
+registered through the wrapper (:func:`_io_of`), which shares the descriptor's one writer slot with its own
+write buffer.
+
 This uses two private paho methods (``_packet_read`` and ``_loop_rc_handle``) to drain a socket in one
 wake-up; paho is pinned below 3.0 and the integration tests exercise them.
 """
@@ -26,32 +33,47 @@ import os
 import socket
 import ssl
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from iotix.fault.sock import FaultSocket
 from iotix.transport.base import TransportError
 from iotix.transport.tls import tls_handshake
 
 if TYPE_CHECKING:
+    from iotix.fault.faultset import FaultSet
     from iotix.transport.tls import ClientTls
 
 MQTT_ERR_AGAIN = MQTTErrorCode.MQTT_ERR_AGAIN
+#: states of an outgoing QoS 1/2 message that wait for the broker (PUBACK, PUBREC, PUBCOMP)
+_AWAITING_ACK = frozenset({mqtt.mqtt_ms_wait_for_puback, mqtt.mqtt_ms_wait_for_pubrec, mqtt.mqtt_ms_wait_for_pubcomp})
 _CONNECTED = mqtt._ConnectionState.MQTT_CS_CONNECTED
 #: Packets processed per readable event before yielding back to the loop (fairness between clients).
 READ_BURST = 512
+#: When a connection attempt meets a blackholed target: the moments (seconds after the start) at which a
+#: kernel would retransmit its SYN (Linux: 1, 3, 7, 15 s, ...); the attempt succeeds at the first one after
+#: the blackhole lifted, or fails at the connect timeout.
+SYN_RETRIES = (1.0, 3.0, 7.0, 15.0, 31.0, 63.0)
+
+
+def _io_of(client: LoopClient, sock: Any) -> Any:
+    """Where ``sock``'s reader and writer are registered: the loop, or the fault layer's wrapper (which shares
+    the descriptor's one writer slot with its own buffer). Same signatures: ``add_reader(sock, cb, *args)``."""
+    return sock if sock.__class__ is FaultSocket else client._aio_loop
 
 
 def _on_socket_open(client: LoopClient, userdata: Any, sock: Any) -> None:
-    client._aio_loop.add_reader(sock, _readable, client)
+    _io_of(client, sock).add_reader(sock, _readable, client)
 
 
 def _on_socket_close(client: LoopClient, userdata: Any, sock: Any) -> None:
-    loop = client._aio_loop
-    loop.remove_reader(sock)
+    io = _io_of(client, sock)
+    io.remove_reader(sock)
     if client._writer_on:
-        loop.remove_writer(sock)
+        io.remove_writer(sock)
         client._writer_on = False
 
 
@@ -67,9 +89,9 @@ def _readable(client: LoopClient) -> None:
             return
     else:
         # Burst used up. A plain socket stays readable; a TLS socket may hold decrypted bytes that no
-        # readiness event announces: come back for them.
+        # readiness event announces, and the fault layer bytes it delivered: come back for them.
         sock = client._sock
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if isinstance(sock, (ssl.SSLSocket, FaultSocket)) and sock.pending():
             client._aio_loop.call_soon(_readable, client)
     if client._out_packet:
         client.kick()
@@ -79,8 +101,9 @@ def _writable(client: LoopClient) -> None:
     client.loop_write()
     if not client._out_packet and client._writer_on:
         client._writer_on = False
-        if client._sock is not None:
-            client._aio_loop.remove_writer(client._sock)
+        sock = client._sock
+        if sock is not None:
+            _io_of(client, sock).remove_writer(sock)
 
 
 def _remaining_length(n: int) -> bytes:
@@ -164,13 +187,18 @@ class LoopClient(mqtt.Client):
         self.on_socket_open = _on_socket_open
         self.on_socket_close = _on_socket_close
         self.suppress_exceptions = True
+        #: seconds a QoS 1/2 PUBLISH may wait for its acknowledgement before the connection is given up (0: never)
+        self.ack_timeout = 0.0
+        self.ack_timeouts = 0  # connections given up for a missing acknowledgement
+        self.redelivered = 0  # QoS 1/2 messages sent again (DUP) on a new connection
+        self.lost_reason: str | None = None  # why this client gave the connection up itself, if it did
 
     # paho calls this from reconnect(): hand it the socket we connected without blocking.
     def _create_socket_connection(self) -> socket.socket:
         sock, self._pending_sock = self._pending_sock, None
         if sock is None:
             raise OSError("IoTix: no connected socket was prepared for this client")
-        if not isinstance(sock, ssl.SSLSocket):
+        if not isinstance(sock, (ssl.SSLSocket, FaultSocket)):
             sock.setblocking(True)  # paho sets it non-blocking again right after
         return sock
 
@@ -203,6 +231,8 @@ class LoopClient(mqtt.Client):
     def _waiting_alert(self) -> ssl.SSLError | None:
         """A TLS alert the broker sent that has not been read yet, or None."""
         sock = self._sock
+        if isinstance(sock, FaultSocket):
+            sock = sock.wrapped  # the alert is in the TLS layer, below the fault layer
         if not isinstance(sock, ssl.SSLSocket):
             return None
         try:
@@ -230,11 +260,17 @@ class LoopClient(mqtt.Client):
         family: int = socket.AF_INET,
         properties: Any = None,
         tls: ClientTls | None = None,
+        faults: FaultSet | None = None,
+        owner: str | None = None,
     ) -> None:
         """Connect TCP (and TLS with ``tls``), send CONNECT and wait for CONNACK; each within ``timeout``.
 
         Raises :class:`TransportError` naming the broker and the reason. Until it returns, the end of the
         connection is not reported as lost (:attr:`close_reported`): a failed attempt raises instead.
+
+        ``faults`` (the fleet's :class:`iotix.fault.faultset.FaultSet`) routes the connection through the
+        network-fault layer as the device ``owner``: admission first (see :meth:`_admit`), then the
+        connected (and TLS) socket is wrapped in a :class:`iotix.fault.sock.FaultSocket`.
         """
         loop = self._aio_loop
         self.close_reported = True
@@ -246,11 +282,15 @@ class LoopClient(mqtt.Client):
                 clean_start=self._clean_start if self._protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=properties,
             )
+        target = f"{host}:{port}"
+        started = loop.time()
+        if faults is not None and faults.active:
+            await self._admit(faults, owner, target, timeout)
+        remaining = max(0.001, timeout - (loop.time() - started))
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
-        target = f"{host}:{port}"
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(remaining):
                 await loop.sock_connect(sock, addr or (host, port))
         except TimeoutError:
             sock.close()
@@ -267,6 +307,9 @@ class LoopClient(mqtt.Client):
             self._sock_send = self._tls_sock_send  # type: ignore[method-assign]
         elif "_sock_recv" in self.__dict__:
             del self._sock_recv, self._sock_send
+        if faults is not None:
+            sock = FaultSocket(sock, loop)  # type: ignore[assignment]
+            sock.attach(faults, owner)  # type: ignore[attr-defined]
         self._pending_sock = sock
         self._connack = loop.create_future()
         try:
@@ -303,6 +346,40 @@ class LoopClient(mqtt.Client):
         if self._sock is None:  # closed between CONNACK and now: nobody would report it
             raise TransportError(f"broker {target} closed the connection right after CONNACK")
         self.close_reported = False
+        self.lost_reason = None
+
+    async def _admit(self, faults: FaultSet, owner: str | None, target: str, timeout: float) -> None:
+        """Ask the fault set whether a new connection gets through; raise as a real network would when not.
+
+        ``refuse``: "Connection refused" at once (an RST answers the SYN); ``reset``: "Connection reset by
+        peer"; ``blackhole``: no answer, so the attempt waits, looking again at the moments a kernel would
+        retransmit its SYN (:data:`SYN_RETRIES`): it goes on at the first one after the blackhole lifted,
+        else fails with "no answer" at the connect timeout. Each reason says that a network fault caused it.
+        (The fault set counts what it refuses; it is asked again only when its faults changed.)
+        """
+        verdict = faults.admission(owner)
+        if verdict is None:
+            return
+        loop = self._aio_loop
+        start = loop.time()
+        if verdict == "blackhole":
+            seen = (faults.faults, faults.outage)
+            for at in (*(t for t in SYN_RETRIES if t < timeout), timeout):
+                await asyncio.sleep(max(0.0, start + at - loop.time()))
+                if at >= timeout:
+                    break
+                now = (faults.faults, faults.outage)
+                if now != seen:
+                    seen = now
+                    verdict = faults.admission(owner)
+                    if verdict != "blackhole":
+                        break
+        if verdict is None:
+            return
+        if verdict == "blackhole":
+            raise TransportError(f"no answer from broker {target} within {timeout:g} s (network fault: blackhole)")
+        why = "Connection reset by peer" if verdict == "reset" else "Connection refused"
+        raise TransportError(f"cannot reach broker {target}: {why} (network fault: target down)")
 
     async def _handshake(
         self, tls: ClientTls, sock: socket.socket, host: str, target: str, timeout: float
@@ -340,7 +417,10 @@ class LoopClient(mqtt.Client):
         self.abort()
 
     def connack_received(self, reason_code: Any) -> None:
-        """To be called from ``on_connect``."""
+        """To be called from ``on_connect`` (paho calls it before it resends what was in flight: those messages
+        have DUP set since ``reconnect``, and are counted in :attr:`redelivered`)."""
+        if not getattr(reason_code, "is_failure", False):
+            self.redelivered += sum(1 for m in self._out_messages.values() if m.qos and m.dup)
         fut = self._connack
         if fut is not None and not fut.done():
             fut.set_result(reason_code)
@@ -411,6 +491,12 @@ class LoopClient(mqtt.Client):
             self.kick()
 
     @property
+    def wire_socket(self) -> socket.socket | None:
+        """The socket on the wire, below the fault layer's wrapper (an ``ssl.SSLSocket`` for TLS), or None."""
+        sock = self._sock
+        return sock.wrapped if isinstance(sock, FaultSocket) else sock  # type: ignore[return-value]
+
+    @property
     def has_socket(self) -> bool:
         """Whether a connection (possibly still before CONNACK) is open."""
         return self._sock is not None
@@ -427,15 +513,39 @@ class LoopClient(mqtt.Client):
 
     def kick(self) -> None:
         """Register a writer when paho has bytes the socket did not take."""
-        if self._out_packet and not self._writer_on and self._sock is not None:
+        sock = self._sock
+        if self._out_packet and not self._writer_on and sock is not None:
             self._writer_on = True
-            self._aio_loop.add_writer(self._sock, _writable, self)
+            _io_of(self, sock).add_writer(sock, _writable, self)
 
     def misc(self) -> None:
-        """Keep-alive processing (PINGREQ, dead-peer detection)."""
+        """Keep-alive processing (PINGREQ, dead-peer detection) and the acknowledgement timeout."""
         if self._sock is not None:
+            if self.ack_timeout and self._out_messages and self._ack_overdue():
+                return
             self.loop_misc()
             self.kick()
+
+    def _ack_overdue(self) -> bool:
+        """Whether the oldest QoS 1/2 message in flight waited longer than :attr:`ack_timeout` for its
+        acknowledgement; then the connection is given up (as paho gives it up after a missed PINGRESP).
+
+        MQTT resends an unacknowledged PUBLISH only on a new connection ([MQTT-4.4.0-1]); paho follows it, so a
+        PUBLISH lost on a live connection (a broker that dropped it, a network fault that ate it) would hold its
+        in-flight slot forever and the device would go silent once the window is full. Reconnecting resends
+        every message in flight with the DUP flag (counted in :attr:`redelivered`).
+        """
+        oldest = next(iter(self._out_messages.values()))
+        if oldest.qos == 0 or oldest.state not in _AWAITING_ACK or not oldest.timestamp:
+            return False
+        if time.monotonic() - oldest.timestamp <= self.ack_timeout:
+            return False
+        self.ack_timeouts += 1
+        self.lost_reason = f"no acknowledgement of a QoS {oldest.qos} PUBLISH within {self.ack_timeout:g} s"
+        self._sock_close()
+        self._state = mqtt._ConnectionState.MQTT_CS_CONNECTION_LOST
+        self._do_on_disconnect(packet_from_broker=False, v1_rc=MQTTErrorCode.MQTT_ERR_KEEPALIVE)
+        return True
 
     def abort(self) -> None:
         """Close the TCP connection abruptly (RST, no DISCONNECT): the broker publishes the last will."""
@@ -443,9 +553,9 @@ class LoopClient(mqtt.Client):
         if sock is None:
             return
         try:
-            raw = sock if isinstance(sock, socket.socket) else None
-            if raw is not None:
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # on the fault layer's wrapper too: its real close may wait for a hold to lift, then it is an RST
+            if isinstance(sock, (socket.socket, FaultSocket)):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
         self._sock_close()
