@@ -19,6 +19,7 @@ from harness import Harness
 
 from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import DeviceState
+from iotix.fleet.fleet import FleetOptions
 from iotix.services.kafka_broker import KafkaBroker, start_local_kafka_broker
 from iotix.services.process import pick_free_port
 from iotix.transport import kafka as kafka_transport
@@ -187,12 +188,20 @@ def test_a_producer_whose_thread_died_is_replaced_and_counted(h: KafkaHarness, m
 
 
 def test_fleets_with_the_same_settings_share_producers(h: KafkaHarness) -> None:
-    a = h.fleet("sha", kafka_model("it.shared"), 2)
-    b = h.fleet("shb", kafka_model("it.shared"), 2, ids=["shb-x", "shb-y"])
+    """Without the fault layer, fleets with the same settings share one producer pool; with it (the default)
+    each fleet has its own, so a fault on one fleet never touches another's produce requests."""
+    bare = FleetOptions(fault_layer=False)
+    a = h.fleet("sha", kafka_model("it.shared"), 2, options=bare)
+    b = h.fleet("shb", kafka_model("it.shared"), 2, ids=["shb-x", "shb-y"], options=bare)
+    c = h.fleet("shc", kafka_model("it.shared"), 2, ids=["shc-x", "shc-y"])
     h.start(a)
     h.start(b)
     h.wait(lambda: a.stats()["messagesAcked"] >= 4 and b.stats()["messagesAcked"] >= 4, what="acks")
     assert a.transport.pool is b.transport.pool and len(a.transport.pool.producers) == 2
+    h.start(c)
+    h.wait(lambda: c.stats()["messagesAcked"] >= 4, what="acks of the fleet with the fault layer")
+    assert c.transport.pool is not a.transport.pool
+    h.stop(c)
     h.stop(a)
     acked = b.stats()["messagesAcked"]
     h.wait(lambda: b.stats()["messagesAcked"] > acked + 4, what="the other fleet goes on")

@@ -130,6 +130,8 @@ class FaultSet:
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY_SIZE)
         self._numbers: dict[str, int] = {}
         self._closed = False
+        #: called after every change of faults or outage (a proxy closes or reopens its listening socket)
+        self.on_change: list[Callable[[], None]] = []
 
     # --- faults -------------------------------------------------------------------------------------------
 
@@ -349,6 +351,11 @@ class FaultSet:
         for conduit in list(self._conduits):
             if not conduit.ended:
                 self._apply(conduit, acting)
+        self._changed()
+
+    def _changed(self) -> None:
+        for hook in list(self.on_change):
+            hook()
 
     def _apply(self, conduit: Conduit, acting: list[ActiveFault]) -> None:
         up: list[ActiveFault] = []
@@ -449,6 +456,7 @@ class FaultSet:
             conduit.up.flush()
             conduit.down.flush()
         self._conduits.clear()
+        self._changed()
 
     def __repr__(self) -> str:
         return f"FaultSet({self.target!r}, faults={list(self._faults)}, outage={self.outage!r})"

@@ -22,6 +22,15 @@ Sending (``send`` never blocks)
     as a hang. Requests of the connect phase (IoTFlow registration, MQTT credentials: :meth:`_call`) take the
     next free connection ahead of that FIFO, so devices still come up while telemetry saturates the pool.
 
+Network faults (``spec.faults``, :mod:`iotix.fault`)
+    When the fleet has a fault layer, every connection of the pool goes through a fault proxy on the runtime
+    loop (:class:`~iotix.fault.proxy.UpstreamProxies`: one :class:`~iotix.fault.proxy.TcpProxy` per upstream
+    ``host:port`` the fleet dials, all through the fleet's FaultSet). The session's connector maps each
+    ``host:port`` to its proxy where aiohttp resolves names (:class:`FaultConnector`), so URLs, the ``Host``
+    header, TLS SNI and certificate checks are those of the real server. The proxy connects upstream before
+    aiohttp dials it, so a server that refuses or cannot be reached fails the request with its own error, as
+    without the layer. The connections are shared by the devices: faults act on the whole fleet.
+
 Outcomes (all through the transport's :class:`~iotix.transport.base.Outcomes`)
     A status in ``successStatuses`` is ``acknowledged`` with the message's size and its latency, from hand-over
     to response (waiting for a connection included), which also goes into :attr:`HttpTransportBase.latency`.
@@ -41,6 +50,7 @@ import functools
 import json
 import logging
 import math
+import socket
 import time
 from abc import abstractmethod
 from collections import deque
@@ -53,6 +63,7 @@ from yarl import URL
 
 from iotix.behavior import compile_template, format_embedded
 from iotix.errors import ConfigurationError
+from iotix.fault.proxy import UpstreamProxies
 from iotix.observe.histogram import Histogram
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.tls import ClientTls, FleetTls
@@ -158,6 +169,51 @@ def _client_error(err: aiohttp.ClientError) -> str:
 
 class NoAnswer(TransportError):
     """A request that may have reached the server, but no answer came (timeout, connection closed)."""
+
+
+class FaultConnector(aiohttp.TCPConnector):
+    """aiohttp's TCP connector with every ``host:port`` it dials mapped to the fleet's fault proxy for it.
+
+    aiohttp asks a resolver (:class:`aiohttp.abc.AbstractResolver`) only for host names: a URL with an IP
+    address (``http://127.0.0.1:8080``) never reaches it. So this connector overrides the one method that
+    turns every host, name or address, into addresses to dial (``_resolve_host``, aiohttp 3.x) instead of
+    passing a resolver; :func:`check_fault_connector` refuses an aiohttp without it, and the unit tests send
+    requests to both kinds of URL through it. Everything else (the URL, ``Host``, TLS with the server's name,
+    the connection key in errors) stays the real server's.
+    """
+
+    def __init__(self, proxies: UpstreamProxies, connect_timeout: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fault_proxies = proxies
+        self._fault_timeout = connect_timeout
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:  # type: ignore[override]
+        # The proxy connects upstream first: a refused or unreachable server raises its own OSError here, which
+        # aiohttp reports for the real host:port (ClientConnectorError), as it would without the proxy.
+        proxy_host, proxy_port = await self._fault_proxies.route(host.rstrip("."), port, self._fault_timeout)
+        return [
+            {
+                "hostname": host,
+                "host": proxy_host,
+                "port": proxy_port,
+                "family": socket.AF_INET6 if ":" in proxy_host else socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
+
+
+def check_fault_connector() -> None:
+    """A :class:`TransportError` when the installed aiohttp lacks the connector method the fault layer needs."""
+    import inspect
+
+    method = getattr(aiohttp.TCPConnector, "_resolve_host", None)
+    params = list(inspect.signature(method).parameters) if method is not None else []
+    if params[:3] != ["self", "host", "port"]:
+        raise TransportError(
+            f"network faults on HTTP fleets need aiohttp's TCPConnector._resolve_host(host, port), which aiohttp "
+            f"{aiohttp.__version__} does not have; create the fleet without the fault layer"
+        )
 
 
 # --- per-device state ---------------------------------------------------------------------------------------
@@ -273,6 +329,11 @@ class HttpTransportBase(Transport):
         self._probing = False
         self.pools_replaced = 0
         self._retired: set[aiohttp.ClientSession] = set()  # replaced pools, closed when their requests are done
+        #: the fault proxies every connection goes through (None without the fleet's fault layer)
+        self._fault_proxies: UpstreamProxies | None = None
+        if spec.faults is not None:
+            check_fault_connector()
+            self._fault_proxies = UpstreamProxies(spec.faults, name=f"fleet '{spec.fleet}'")
 
     # -- configuration ------------------------------------------------------------------------------------
 
@@ -338,8 +399,14 @@ class HttpTransportBase(Transport):
         return self.url
 
     def descriptors(self) -> int:
-        """The pool's connections (``maxConnections``), however many devices share them."""
-        return self.max_connections
+        """The pool's connections (``maxConnections``), however many devices share them.
+
+        Through the fault layer each connection holds three sockets in this process (aiohttp's, the proxy's
+        accepted one and its upstream one), plus the listening socket of each proxy (one per server dialled).
+        """
+        if self._fault_proxies is None:
+            return self.max_connections
+        return 3 * self.max_connections + max(1, len(self._fault_proxies.proxies))
 
     @property
     def endpoint(self) -> str:
@@ -352,9 +419,16 @@ class HttpTransportBase(Transport):
         session = self._session
         if session is None or session.closed:
             self._closing = False
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections, limit_per_host=0, keepalive_timeout=30, ssl=self._tls or True
-            )
+            settings: dict[str, Any] = {
+                "limit": self.max_connections,
+                "limit_per_host": 0,
+                "keepalive_timeout": 30,
+                "ssl": self._tls or True,
+            }
+            if self._fault_proxies is not None:
+                connector: aiohttp.TCPConnector = FaultConnector(self._fault_proxies, self.timeout, **settings)
+            else:
+                connector = aiohttp.TCPConnector(**settings)
             session = self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers=self._session_headers,
@@ -692,6 +766,10 @@ class HttpTransportBase(Transport):
         (a restarted server, a proxy that dropped them): replace the pool. Requests in flight finish on the old
         one, which closes after ``timeoutMs``."""
         url = URL(self.endpoint)
+        faults = self.spec.faults
+        if faults is not None and faults.admission(None, count=False) is not None:
+            self._probing = False
+            return  # the fleet's faults cut the server off (an outage, a blackhole): a new pool would not do better
         try:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, url.port), 2.0)
@@ -738,6 +816,8 @@ class HttpTransportBase(Transport):
         for old in list(self._retired):
             self._retired.discard(old)
             await old.close()
+        if self._fault_proxies is not None:
+            self._fault_proxies.close()  # made again on next use (a fleet may start again)
 
     def describe(self) -> dict[str, Any]:
         return {

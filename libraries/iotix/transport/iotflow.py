@@ -21,6 +21,10 @@ Hybrid flow (:class:`HybridIoTFlowTransport`, ``telemetryOver: mqtt``)
     over its own MQTT connection (a :class:`~iotix.transport.paho_driver.LoopClient` on the runtime loop) to the
     telemetry topic it was given; heartbeats stay on HTTP, and a dropout cuts the MQTT connection abruptly. An
     MQTT connection that goes away on its own is reported as lost (the fleet reconnects the device).
+
+Network faults (``spec.faults``): the HTTP requests of both flows go through the pool's fault proxies
+(:mod:`iotix.transport.http_pool`); a hybrid device's MQTT connection goes through the socket path of the fault
+layer (``LoopClient.open(faults=...)``), so a fault on the fleet acts on its telemetry too.
 """
 
 from __future__ import annotations
@@ -297,7 +301,11 @@ class HybridIoTFlowTransport(IoTFlowTransport):
             conn.mqtt = await self._new_mqtt_client(link, conn)
         assert conn.broker is not None
         try:
-            await conn.mqtt.open(*conn.broker, keepalive=self.keepalive, timeout=self.timeout)
+            # The fleet's network faults act on the MQTT connection too (the socket path of iotix.fault: it is
+            # the device's own connection; faults still cover the whole fleet, as for the HTTP pool).
+            await conn.mqtt.open(
+                *conn.broker, keepalive=self.keepalive, timeout=self.timeout, faults=self.spec.faults, owner=link.id
+            )
         except TransportError as err:
             raise TransportError(f"device '{link.id}': {err}") from None
 

@@ -28,6 +28,15 @@ the same security settings. When the producers cannot start, a probe of the firs
 when the fleet uses it) says why: TLS handshake refused (unknown CA, host name, client certificate), a TLS
 listener dialled without TLS, or a broker that answers but did not accept the SASL login.
 
+Network faults (``spec.faults``, :mod:`iotix.fault`): every broker connection of the pool's producers goes
+through a SOCKS5 fault proxy on the runtime loop (:class:`~iotix.fault.proxy.SocksProxy`), given to kafka-python
+as its documented ``proxy_url`` (``socks5h``: the proxy resolves the broker's name). kafka-python asks the proxy
+for the bootstrap servers and for every broker address that metadata names, so each of them is covered without
+knowing them in advance, from kafka-python's own threads, with nothing patched. The proxy is started on the loop
+before the first producer, and closed with the pool. TLS and SASL run inside the tunnel (SNI and certificate
+checks stay the broker's). Such a pool is keyed by the FaultSet too: a fleet with its own faults never shares
+producers with another fleet (the connections are shared by its devices: faults act on the whole fleet).
+
 Health checks (``periodic``): a producer whose sender or I/O thread died, or that has been failing for
 longer than ``HEALTH_WINDOW_S`` while the broker accepts TCP connections, is closed and replaced
 (``producersReplaced``).
@@ -45,13 +54,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotix.behavior import compile_template
 from iotix.errors import ConfigurationError
+from iotix.fault.proxy import SocksProxy, start_socks_proxy
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.kafka_security import fleet_security
 from iotix.transport.kafka_wire import parse_bootstrap, probe_kafka
+
+if TYPE_CHECKING:
+    from iotix.fault.faultset import FaultSet
 
 log = logging.getLogger("iotix.transport.kafka")
 
@@ -113,6 +126,7 @@ def make_producer(settings: Mapping[str, Any], index: int) -> Any:
         retries=0,  # retries are ours: counted, with backoff, bounded (the fleet's delivery bookkeeping)
         enable_idempotence=False,
         **s["security"].client_config(),  # TLS and SASL (security_protocol, ssl_context, sasl_*)
+        **({"proxy_url": s["proxy_url"]} if s.get("proxy_url") else {}),  # the fleet's fault proxy
     )
 
 
@@ -194,11 +208,21 @@ def _describe(err: BaseException) -> str:
 class ProducerPool:
     """Producers shared by the Kafka fleets with the same settings (see the module docstring)."""
 
-    def __init__(self, key: tuple[Any, ...], settings: dict[str, Any], size: int, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        key: tuple[Any, ...],
+        settings: dict[str, Any],
+        size: int,
+        loop: asyncio.AbstractEventLoop,
+        faults: FaultSet | None = None,
+    ):
         self.key = key
         self.settings = settings
         self.size = size
         self.loop = loop
+        #: the fleet's network faults; every broker connection goes through :attr:`proxy` when set
+        self.faults = faults
+        self.proxy: SocksProxy | None = None
         self.users = 0
         self.producers: list[PooledProducer] = []
         self.replaced = 0
@@ -219,7 +243,23 @@ class ProducerPool:
             self._starting = asyncio.ensure_future(self._start())
         await asyncio.shield(self._starting)
 
+    async def _start_proxy(self) -> None:
+        """The fault proxy the producers connect through (on the loop, before any producer exists)."""
+        if self.faults is None or self.proxy is not None:
+            return
+        from kafka import KafkaProducer
+
+        if "proxy_url" not in KafkaProducer.DEFAULT_CONFIG:
+            raise TransportError(
+                f"network faults on Kafka fleets need kafka-python's proxy_url setting (kafka-python 3.0.12 has "
+                f"it), which the installed kafka-python lacks; upgrade it or create the fleet without the fault "
+                f"layer ({self.faults.target})"
+            )
+        self.proxy = await start_socks_proxy(self.loop, self.faults, name=f"{self.faults.target} Kafka")
+        self.settings["proxy_url"] = self.proxy.url
+
     async def _start(self) -> None:
+        await self._start_proxy()
         producers = [PooledProducer(self, i) for i in range(self.size)]
         try:
             for p in producers:
@@ -232,6 +272,9 @@ class ProducerPool:
                     await self.loop.run_in_executor(None, p.stop, 0.5)
             if isinstance(err, (KafkaError, OSError)):
                 why = await self.loop.run_in_executor(None, self._diagnose)
+                cut = self.faults.admission(None, count=False) if self.faults is not None else None
+                if cut is not None:
+                    why = f"the fleet's network faults cut it off ({cut}: see Get Network Faults)"
                 security = self.settings["security"]
                 how = f"; connecting with {security.describe()}" if security.protocol != "PLAINTEXT" else ""
                 raise TransportError(
@@ -299,7 +342,8 @@ class ProducerPool:
                 continue
             if producer.failing_since is None:
                 producer.failing_since = time.monotonic()
-            code = "timeout" if "Timeout" in error or "maxBlockMs" in error else "kafka_error"
+            # KafkaTimeoutError (delivery timeout), RequestTimedOutError (no answer to a request), maxBlockMs
+            code = "timeout" if any(word in error for word in ("Timeout", "TimedOut", "maxBlockMs")) else "kafka_error"
 
             owner.outcomes.failed(
                 link,
@@ -338,6 +382,8 @@ class ProducerPool:
     async def _replace(self, suspects: list[PooledProducer]) -> None:
         dead = [p for p in suspects if not p.healthy()]
         stuck = [p for p in suspects if p.healthy()]
+        if stuck and self.faults is not None and self.faults.admission(None, count=False) is not None:
+            stuck = []  # the fleet's faults cut the broker off: a new producer would not do better
         if stuck and not await self.loop.run_in_executor(None, self._broker_accepts):
             stuck = []  # the broker is down: a new producer would not do better
         for old in dead + stuck:
@@ -393,6 +439,9 @@ class ProducerPool:
         for p in producers:
             await self.loop.run_in_executor(None, p.stop, timeout)
         self._deliver()  # outcomes that arrived while closing
+        proxy, self.proxy = self.proxy, None
+        if proxy is not None:
+            proxy.close()
 
 
 #: Pools by settings, shared by the fleets of the process (all on the runtime loop).
@@ -442,7 +491,9 @@ class KafkaTransport(Transport):
         self.settings = settings
         self.security = fleet_security(spec)  # TLS and SASL; the pool's producers get it as settings["security"]
         self.size = size
-        self.key = (*sorted(settings.items()), ("security", self.security), size)
+        self.key: tuple[Any, ...] = (*sorted(settings.items()), ("security", self.security), size)
+        if spec.faults is not None:  # its own pool: the faults of one fleet must not act on another's messages
+            self.key = (*self.key, ("faults", id(spec.faults)))
         self._topic = compile_template(str(spec.connection["topic"]))
         self.latency = Histogram()
         self.pool: ProducerPool | None = None
@@ -454,15 +505,24 @@ class KafkaTransport(Transport):
         return f"kafka://{self.settings['bootstrap']}"
 
     def descriptors(self) -> int:
-        """Per pooled producer: a connection to each bootstrap server, its selector and its wake-up pair."""
-        return self.size * (len(str(self.settings["bootstrap"]).split(",")) + 3)
+        """Per pooled producer: a connection to each bootstrap server, its selector and its wake-up pair.
+
+        Through the fault layer each connection holds two more sockets in this process (the proxy's accepted
+        one and its upstream one), and the proxy its listening socket.
+        """
+        connections = len(str(self.settings["bootstrap"]).split(","))
+        if self.spec.faults is None:
+            return self.size * (connections + 3)
+        return self.size * (3 * connections + 3) + 1
 
     def _acquire(self) -> ProducerPool:
         if self.pool is None:
             pool = _pools.get(self.key)
             if pool is None:
                 settings = {**self.settings, "security": self.security}
-                pool = _pools[self.key] = ProducerPool(self.key, settings, self.size, asyncio.get_running_loop())
+                pool = _pools[self.key] = ProducerPool(
+                    self.key, settings, self.size, asyncio.get_running_loop(), self.spec.faults
+                )
             pool.users += 1
             self.pool = pool
         return self.pool
