@@ -10,7 +10,7 @@ import aiocoap
 import pytest
 from aiocoap.numbers.types import Type
 
-from iotix.fleet.fleet import Fleet
+from iotix.fleet.fleet import Fleet, FleetOptions
 from iotix.model.errors import ModelError
 from iotix.model.loader import load_model_dict
 from iotix.services.coap_server import _parse_code
@@ -153,8 +153,13 @@ def coap_model(**connection: Any) -> Any:
     )
 
 
+#: a fleet without a simulator (no loop): its settings only, so without the network-fault layer
+NO_LOOP = FleetOptions(fault_layer=False)
+
+
 def transport_for(count: int = 3, **connection: Any) -> CoapTransport:
-    fleet = Fleet(None, "unit", coap_model(**connection), [f"u-{i}" for i in range(count)])  # type: ignore[arg-type]
+    ids = [f"u-{i}" for i in range(count)]
+    fleet = Fleet(None, "unit", coap_model(**connection), ids, options=NO_LOOP)  # type: ignore[arg-type]
     assert isinstance(fleet.transport, CoapTransport)
     return fleet.transport
 
@@ -189,7 +194,8 @@ def test_path_template_and_model_validation() -> None:
 def test_unknown_mode_given_by_the_fleet_is_an_error() -> None:
     model = coap_model()
     with pytest.raises(TransportError, match="CoAP mode must be 'client' or 'server'"):
-        Fleet(None, "bad", model, ["x"], connection={**model.connection, "mode": "proxy"})  # type: ignore[arg-type]
+        connection = {**model.connection, "mode": "proxy"}
+        Fleet(None, "bad", model, ["x"], connection=connection, options=NO_LOOP)  # type: ignore[arg-type]
 
 
 def test_reserved_ports_are_exclusive() -> None:

@@ -12,6 +12,8 @@ functions; relative imports are resolved. The rules:
    package is importing its ``__init__``, and so is importing a module of a package the importer is not in
    (``iotix.transport.coap`` importing ``iotix.fleet.outcomes`` runs ``iotix/fleet/__init__.py`` too, while
    ``iotix.fleet.device`` importing it does not run it again).
+5. ``iotix.fault`` (the network-fault layer, below the transports) never imports ``iotix.runtime``,
+   ``iotix.fleet``, ``iotix.transport`` or ``iotix.services``.
 
 ``check_import_rules(root)`` returns the violations of a package folder; the tests below run it on small
 synthetic packages with one deliberate violation per rule, then on the real tree.
@@ -44,6 +46,7 @@ RULES = {
     2: "iotix.transport never imports iotix.fleet",
     3: "model, generate, behavior and encode never import runtime, fleet, transport or services",
     4: "no import cycle in the core",
+    5: "iotix.fault never imports runtime, fleet, transport or services",
 }
 
 
@@ -264,6 +267,8 @@ def check_import_rules(root: Path) -> list[Violation]:
             forbid(2, imp, (f"{PACKAGE}.fleet",))
         if any(within(imp.importer, leaf) for leaf in LEAVES):
             forbid(3, imp, ABOVE_LEAVES)
+        if within(imp.importer, f"{PACKAGE}.fault"):
+            forbid(5, imp, ABOVE_LEAVES)
     violations.extend(cycle_violations(imports, modules))
     return sorted(violations, key=lambda v: (v.rule, str(v.path), v.line, v.imported))
 
@@ -375,6 +380,20 @@ def test_rule_3_leaves_never_import_upwards(tmp_path: Path, relative: str, sourc
     root = write_package(tmp_path, {**CLEAN, relative: source})
     line = source.count("\n")
     assert found(root, check_import_rules(root)) == {(3, relative, line, imported)}
+
+
+@pytest.mark.parametrize(
+    ("source", "imported"),
+    [
+        ("from iotix.transport.base import TransportError\n", "iotix.transport.base"),
+        (TYPE_CHECKING_BLOCK + "    from iotix.fleet.fleet import Fleet\n", "iotix.fleet.fleet"),
+        ("def run():\n    from iotix import runtime\n", "iotix.runtime"),
+    ],
+)
+def test_rule_5_the_fault_layer_sits_below_the_transports(tmp_path: Path, source: str, imported: str) -> None:
+    files = {**CLEAN, "fault/__init__.py": "", "fault/pipe.py": source}
+    root = write_package(tmp_path, files)
+    assert found(root, check_import_rules(root)) == {(5, "fault/pipe.py", source.count("\n"), imported)}
 
 
 def test_rule_4_finds_a_cycle_and_names_every_import_in_it(tmp_path: Path) -> None:

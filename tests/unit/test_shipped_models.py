@@ -31,6 +31,7 @@ MODEL_FILES = list(model_files(MODELS))
 
 EXPECTED_IDS = {
     "kafka-vehicle-telemetry",
+    "cellular-asset-tracker",
     "simple-temperature",
     "environmental-sensor-v1",
     "ecg-monitor-v1",

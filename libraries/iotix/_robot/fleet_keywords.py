@@ -96,6 +96,7 @@ class FleetKeywords(LibraryComponent):
         circuit_cooldown: timedelta | None = None,
         error_threshold: int | None = None,
         transmission_log: int = 100,
+        fault_layer: bool = True,
     ) -> str:
         """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
 
@@ -116,6 +117,9 @@ class FleetKeywords(LibraryComponent):
           model's ``connection.retry.maxRetries``, ``connection.circuitBreaker`` and
           ``connection.errorThreshold`` (HTTP, CoAP CON and Kafka sends; see `Circuit Should Be`).
         - ``transmission_log``: entries kept per device for `Get Transmission Log` (0: none).
+        - ``fault_layer``: route the fleet's connections through the network-fault layer, so that Chaos
+          keywords (`Add Network Fault`, `Partition Devices`, ...) can act on it at any time. With no fault
+          active it passes bytes straight through; ``False`` takes it out for a benchmark of the bare path.
 
         Invalid arguments fail the keyword before anything is created, naming the value; so does a fleet
         that needs more sockets than the process may open (its open-file limit), naming both numbers.
@@ -146,6 +150,7 @@ class FleetKeywords(LibraryComponent):
                     reconnect_base_s=seconds(reconnect_base),
                     reconnect_cap_s=seconds(reconnect_cap),
                     tls_dir=tls_dir or None,
+                    fault_layer=fault_layer,
                 ),
                 delivery={
                     "max_retries": max_retries,

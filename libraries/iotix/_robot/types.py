@@ -249,3 +249,39 @@ class KafkaMessage(TypedDict):
     value: str | None
     timestamp: int
     receivedAt: float
+
+
+class NetworkFault(TypedDict):
+    """A network fault and what it did so far (`Get Network Faults`)."""
+
+    name: str
+    kind: str
+    direction: str
+    summary: str
+    settings: dict[str, Any]
+    devices: int | str
+    toxicity: float
+    duration_s: float | None
+    active_for_s: float
+    packets_delayed: int
+    bytes_delayed: int
+    packets_dropped: int
+    bytes_dropped: int
+    packets_duplicated: int
+    packets_corrupted: int
+    packets_reordered: int
+    bytes_held: int
+    connections_affected: int
+    connections_reset: int
+    connections_closed: int
+    connections_refused: int
+
+
+class FaultProxy(TypedDict):
+    """A standalone network fault proxy (`Start Network Fault Proxy`)."""
+
+    name: str
+    host: str
+    port: int
+    protocol: str
+    upstream: str

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from iotix.behavior import compile_condition, compile_template
 from iotix.encode import FIRMWARE_KEY, make_encoder
 from iotix.errors import ConfigurationError, NotFoundError
+from iotix.fault.faultset import FaultSet
 from iotix.fleet.delivery import SENT, CircuitStatus, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.outcomes import FleetOutcomes
@@ -71,6 +72,9 @@ class FleetOptions:
     reconnect_cap_s: float = 30.0  # backoff cap
     max_connecting: int = 256  # connection attempts in flight at once, per fleet
     tls_dir: str | None = None  # where relative paths of connection.tls (caFile, certFile, keyFile) resolve
+    #: route the fleet's connections through the network-fault layer (iotix.fault), so Chaos keywords can add
+    #: faults at any time; False takes the layer out of the data path (and refuses faults on the fleet)
+    fault_layer: bool = True
 
     def __post_init__(self) -> None:
         if self.offline_queue_size < 0:
@@ -153,6 +157,12 @@ class Fleet:
         self.qos = int(self.connection.get("qos", 0))
         self._rng = random.Random(f"fleet:{name}:{seed}")
         self.outcomes = FleetOutcomes(self)
+        #: the fleet's network faults (None without the fault layer); UDP for CoAP, TCP for the rest
+        self.faults: FaultSet | None = (
+            FaultSet(sim.loop, f"fleet '{name}'", datagram=model.protocol == "coap", per_device=True, seed=seed)
+            if self.options.fault_layer
+            else None
+        )
         spec = TransportSpec(
             fleet=name,
             model=model,
@@ -160,8 +170,11 @@ class Fleet:
             credentials=self.credentials,
             tls_dir=self.options.tls_dir,
             seed=seed,
+            faults=self.faults,
         )
         self.transport = create_transport(spec, self.devices, self.outcomes)
+        if self.faults is not None:
+            self.faults.per_device = self.transport.per_device_faults
         self.delivery = Delivery(
             self,
             delivery or DeliverySettings.from_connection(self.connection),
@@ -670,6 +683,12 @@ class Fleet:
         self.state = "stopped"
         gc.unfreeze()  # let what the fleet held be collected again
 
+    async def delete(self) -> None:
+        """Stop, and end the fleet's network faults (their timers and held bytes); the fleet is not used again."""
+        await self.stop()
+        if self.faults is not None:
+            self.faults.close()
+
     # -- numbers ---------------------------------------------------------------------------------------------
 
     def count_states(self) -> dict[str, int]:
@@ -708,6 +727,8 @@ class Fleet:
             "dropoutSteps": self.dropout_steps,
             **self.delivery.describe(),
             "sendLatenessMs": lateness,
+            "networkFaults": len(self.faults.describe()) if self.faults is not None else 0,
+            "networkBacklogBytes": self.faults.backlog() if self.faults is not None else 0,
             "transport": self.transport.describe(),
         }
 

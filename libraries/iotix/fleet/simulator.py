@@ -13,6 +13,7 @@ from iotix.fdlimit import check_descriptors
 from iotix.fleet.delivery import DeliverySettings
 from iotix.fleet.device import Device
 from iotix.fleet.fleet import Credentials, Fleet, FleetOptions
+from iotix.fleet.network import Network
 from iotix.fleet.scheduler import DEFAULT_TICK_S, Scheduler
 from iotix.fleet.setup import FleetSetup
 from iotix.model.types import DeviceModel
@@ -28,6 +29,8 @@ class Simulator:
         self.loop = loop
         self.scheduler = Scheduler(loop, tick)
         self.fleets: dict[str, Fleet] = {}
+        #: network faults of the fleets and the standalone fault proxies
+        self.network = Network(self)
         self._periodic: asyncio.Task[None] | None = None
 
     def _ensure_periodic(self) -> None:
@@ -114,6 +117,11 @@ class Simulator:
                 f"A fleet named '{name}' already exists ({len(self.fleets[name].devices)} devices of model "
                 f"'{self.fleets[name].model.id}'); choose another name or delete it first."
             )
+        if name in self.network.proxies:
+            raise ConfigurationError(
+                f"A network fault proxy is named '{name}': fleets and proxies share the names that Chaos keywords "
+                "take as targets; choose another fleet name."
+            )
 
     def fleet_names(self) -> list[str]:
         return list(self.fleets)
@@ -146,14 +154,15 @@ class Simulator:
 
     async def delete_fleet(self, name: str) -> None:
         fleet = self.fleet(name)
-        await fleet.stop()
+        await fleet.delete()
         del self.fleets[name]
 
     async def shutdown(self) -> None:
         for fleet in list(self.fleets.values()):
             with contextlib.suppress(Exception):
-                await fleet.stop()
+                await fleet.delete()
         self.fleets.clear()
+        self.network.close()
         self.scheduler.clear()
         if self._periodic is not None:
             self._periodic.cancel()
