@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench/mqtt_fleet.py
 	$(BIN)/python tools/bench/coap_http.py --protocol both
 	$(BIN)/python tools/bench/kafka_tls.py
+	$(BIN)/python tools/bench/fault_layer.py --rounds 2
+	$(BIN)/python tools/bench/fault_outage.py
 
 clean:
 	rm -rf $(VENV) results/* build *.egg-info

@@ -154,12 +154,17 @@ class NetworkFaultKeywords(LibraryComponent):
     @keyword
     def get_network_faults(self, target: str, ended: bool = False) -> list[NetworkFault]:
         """The network faults of ``target`` with what each did so far; with ``ended`` also the faults that
-        ended (removed, or their ``duration`` over), last first.
+        ended (removed, or their ``duration`` over; the last 50), oldest first, each with ``removed``.
 
-        Each is a dictionary: ``name``, ``kind``, ``direction``, ``settings``, ``devices`` (how many, or
-        ``all``), ``active`` and the counters: ``packets_delayed``, ``bytes_delayed``, ``packets_dropped``,
-        ``bytes_dropped``, ``packets_duplicated``, ``packets_corrupted``, ``packets_reordered``, ``bytes_held``,
+        Each is a dictionary: ``name``, ``kind`` (``outage`` for `Take Target Down`, named ``target-down``),
+        ``direction``, ``summary`` (in words: ``200 ms ± 20 ms (uniform)``), ``settings`` (seconds, bytes/s,
+        shares 0..1, bytes), ``devices`` (how many, or ``all``), ``toxicity``, ``duration_s``, ``active_for_s``
+        and the counters ``packets_delayed``, ``bytes_delayed``, ``packets_dropped``, ``bytes_dropped``,
+        ``packets_duplicated``, ``packets_corrupted``, ``packets_reordered``, ``bytes_held``,
         ``connections_affected``, ``connections_reset``, ``connections_closed``, ``connections_refused``.
+
+        | ${faults} =    Get Network Faults    env
+        | Should Be True    ${faults}[0][packets_delayed] > 0
         """
         faults = cast(list[NetworkFault], self.call(self.network.describe, target))
         if ended:
