@@ -78,16 +78,12 @@ def test_removing_an_unknown_fault_names_the_target_and_its_faults() -> None:
     assert not faults.active
 
 
-def test_kinds_of_the_wrong_transport_and_selections_on_pooled_targets_are_refused() -> None:
+def test_selections_on_pooled_targets_are_refused() -> None:
+    """(Kinds that do not fit the transport are refused by parse_fault, which knows ``datagram``.)"""
     _loop, faults = make(per_device=False)
     with pytest.raises(FaultError, match=r"shares its connections between devices.*leave out the device selection"):
         faults.add(spec("blackhole"), owners=["d1"])
-    loss = FaultSpec(name=None, kind="loss", params={"model": "random", "probability": 0.1})
-    with pytest.raises(FaultError, match="'loss' acts on datagrams and fleet 'env' speaks TCP"):
-        faults.add(loss)
-    _loop, udp = make(datagram=True)
-    with pytest.raises(FaultError, match="'reset' needs a TCP connection"):
-        udp.add(FaultSpec(name=None, kind="reset", params={"after": 0.0}))
+    assert not faults.faults
 
 
 # --- who is affected ------------------------------------------------------------------------------------------
@@ -220,7 +216,7 @@ def test_admission_blackholes_new_connections_the_upstream_hold_covers() -> None
     assert cut.stats["connections_refused"] == 1
     faults.clear()
     faults.add(spec("timeout", timeout="5s"))
-    assert faults.admission(None) == "blackhole"
+    assert faults.admission(None) is None, "a timeout fault accepts a connection and closes it later"
 
 
 @pytest.mark.parametrize("mode", ["refuse", "reset"])
@@ -324,3 +320,30 @@ def test_admission_without_counting_asks_only() -> None:
     faults.take_down("refuse", None)
     assert faults.admission("d1", count=False) == "refuse"
     assert faults.describe()[-1]["connections_refused"] == 0
+
+
+def test_a_connection_admitted_before_a_refuse_outage_is_reset_when_it_attaches() -> None:
+    """Admission happens before the TCP connect and the TLS handshake; an outage that starts in between must
+    not let that connection through."""
+    _loop, faults = make()
+    assert faults.admission("d1") is None
+    faults.take_down("refuse", None)
+    conduit, link = connect(_loop, faults, "d1")
+    assert conduit.ended and link.acts == ["reset"]
+    conduit.up.push(b"CONNECT")
+    assert link.to_target == []
+
+
+def test_an_outage_of_a_datagram_target_drops_datagrams_whatever_its_mode() -> None:
+    """UDP has no connection to reset: refuse and reset make datagrams vanish, like a blackhole."""
+    loop, faults = make(datagram=True)
+    conduit, link = connect(loop, faults, "d1")
+    faults.take_down("refuse", None)
+    assert not conduit.ended and link.acts == []
+    conduit.up.push(b"datagram")
+    loop.advance(1)
+    assert link.to_target == []
+    faults.bring_up()
+    conduit.up.push(b"after")
+    loop.advance(1)
+    assert [data for _, data in link.to_target] == [b"after"]

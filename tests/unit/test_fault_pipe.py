@@ -275,6 +275,21 @@ def test_a_shared_bandwidth_fault_is_one_link_for_every_connection() -> None:
         assert max(s.items[-1][0] for s in sinks) == pytest.approx(expected_end), f"shared={shared}"
 
 
+def test_a_shared_link_has_a_rate_per_direction() -> None:
+    """Shared by connections, not by directions: as on a real uplink and downlink."""
+    loop = FakeLoop()
+    link = fault("bandwidth", rate="80kbps", shared="true")  # 10,000 B/s each way
+    sinks = []
+    for direction in ("upstream", "downstream"):
+        sink = Sink(loop)
+        pipe = Pipe(loop, datagram=False, direction=direction, deliver=sink.deliver, act=sink.act, rng=random.Random(1))  # type: ignore[arg-type]
+        pipe.set_faults([link])
+        pipe.push(b"x" * 10_000)
+        sinks.append(sink)
+    loop.advance(5.0)
+    assert [s.items[-1][0] for s in sinks] == [pytest.approx(1001.0)] * 2
+
+
 def test_bandwidth_queues_datagrams_back_to_back() -> None:
     loop, pipe, sink = make(datagram=True)
     pipe.set_faults([fault("bandwidth", datagram=True, rate="8KB/s")])

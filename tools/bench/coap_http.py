@@ -87,7 +87,7 @@ from iotix.transport import http as _http_transport  # noqa: E402, F401  (import
 from iotix.transport.coap import enlarge_receive_buffer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Json, cpu_seconds, rss_bytes, telemetry  # noqa: E402
+from common import Json, cpu_seconds, rss_bytes, run_child_script, telemetry  # noqa: E402
 
 SETTLE_S = 2.0  # after the last device is running, before the window
 PAUSE_S = 3.0  # between the IoTix phase and the baseline
@@ -870,26 +870,11 @@ def run_in_children(args: argparse.Namespace, protocols: tuple[str, ...]) -> Jso
     so RSS per device is not skewed by memory the previous protocol's fleet left to the allocator)."""
     out: Json = {}
     for protocol in protocols:
-        fd, name = tempfile.mkstemp(prefix=f"iotix-bench-{protocol}-", suffix=".json")
-        os.close(fd)
-        result = Path(name)
-        command = [sys.executable, str(Path(__file__).resolve()), "--protocol", protocol, "--json", name]
-        command += ["--devices", str(args.devices), "--duration", str(args.duration)]
-        command += ["--interval-ms", str(args.interval_ms), "--launch-s", str(args.launch_s)]
-        command += ["--coap-sink", args.coap_sink] + (["--baseline-first"] if args.baseline_first else [])
-        child = subprocess.Popen(command)
-        try:
-            code = child.wait()
-        except KeyboardInterrupt:
-            child.terminate()  # it stops its own target process and fleet
-            child.wait(60)
-            raise
-        finally:
-            text = result.read_text() if result.exists() else ""
-            result.unlink(missing_ok=True)
-        if code != 0 or not text:
-            raise SystemExit(f"the {protocol} benchmark failed (exit code {code})")
-        figures = json.loads(text)
+        child_args = [str(Path(__file__).resolve()), "--protocol", protocol]
+        child_args += ["--devices", str(args.devices), "--duration", str(args.duration)]
+        child_args += ["--interval-ms", str(args.interval_ms), "--launch-s", str(args.launch_s)]
+        child_args += ["--coap-sink", args.coap_sink] + (["--baseline-first"] if args.baseline_first else [])
+        figures = run_child_script(child_args, f"the {protocol} benchmark")
         out.setdefault("machine", figures["machine"])
         out.setdefault("settings", figures["settings"])
         out[protocol] = figures[protocol]

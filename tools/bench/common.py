@@ -1,9 +1,17 @@
-"""What the benchmarks share: /proc measurements and the four-field telemetry of the benchmark devices."""
+"""What the benchmarks share: /proc measurements, the benchmark devices' model, launching a fleet, child runs."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
+
+from iotix.fleet.timeline import LaunchSettings, LaunchStrategy  # the scripts put libraries/ on sys.path first
 
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -64,3 +72,55 @@ def telemetry(interval_ms: int) -> list[Json]:
             "generator": {"type": "battery", "start": 100, "drainPerHour": 0.5, "floor": 0},
         },
     ]
+
+
+def mqtt_model(model_id: str, topic_prefix: str, *, qos: int, interval_ms: int) -> Json:
+    """A benchmark MQTT device model: :func:`telemetry` on ``<topic_prefix>/<device id>/telemetry``."""
+    return {
+        "id": model_id,
+        "name": f"Benchmark sensor ({model_id})",
+        "version": "1.0.0",
+        "type": "sensor",
+        "protocol": "mqtt",
+        "connection": {
+            "host": "127.0.0.1",
+            "port": 1883,
+            "topicPattern": topic_prefix + "/${deviceId}/telemetry",
+            "qos": qos,
+            "keepAlive": 60,
+        },
+        "telemetry": telemetry(interval_ms),
+    }
+
+
+def launch_all(rt: Any, fleet: Any, timeout: float = 120.0) -> tuple[float, int]:
+    """Start ``fleet`` with every device at once and wait until all run (at most ``timeout``): the seconds it
+    took and how many devices run."""
+    t0 = time.perf_counter()
+    rt.call(fleet.start, LaunchSettings(strategy=LaunchStrategy.IMMEDIATE))
+    while True:
+        running = rt.call(lambda: fleet.count_states()["running"])
+        if running == len(fleet.devices) or time.perf_counter() - t0 > timeout:
+            return time.perf_counter() - t0, running
+        time.sleep(0.05)
+
+
+def run_child_script(args: list[str], what: str) -> Json:
+    """Run ``python <args> --json <file>`` (a benchmark script in a fresh process) and return the JSON it wrote;
+    Ctrl-C stops the child too. Exits naming ``what`` when the child fails."""
+    fd, name = tempfile.mkstemp(prefix="iotix-bench-", suffix=".json")
+    os.close(fd)
+    result = Path(name)
+    child = subprocess.Popen([sys.executable, *args, "--json", name])
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:
+        child.terminate()  # it stops its own fleet, runtime and target processes
+        child.wait(60)
+        raise
+    finally:
+        text = result.read_text() if result.exists() else ""
+        result.unlink(missing_ok=True)
+    if code != 0 or not text:
+        raise SystemExit(f"{what} failed (exit code {code})")
+    return json.loads(text)

@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libraries"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds, rss_bytes  # noqa: E402
+from common import cpu_seconds, launch_all, rss_bytes, run_child_script  # noqa: E402
 from mqtt_fleet import bench_model, per_1k  # noqa: E402
 
 Json = dict[str, Any]
@@ -177,7 +177,6 @@ def run_variant(p: Json) -> Json:
     """Create, start and measure one fleet in this process; return its figures (window times are epoch s)."""
     from iotix.fleet.fleet import FleetOptions
     from iotix.fleet.simulator import Simulator
-    from iotix.fleet.timeline import LaunchSettings, LaunchStrategy
     from iotix.model.loader import load_model_dict
     from iotix.runtime import get_runtime
 
@@ -191,14 +190,7 @@ def run_variant(p: Json) -> Json:
     connection = {**model.connection, "host": p["host"], "port": p["port"]}
     fleet = rt.call(lambda: sim.create_fleet(prefix, model, ids, seed=1, connection=connection, options=options))
     try:
-        t0 = time.perf_counter()
-        rt.call(fleet.start, LaunchSettings(strategy=LaunchStrategy.IMMEDIATE))
-        while True:
-            running = rt.call(lambda: fleet.count_states()["running"])
-            if running == devices or time.perf_counter() - t0 > 120:
-                break
-            time.sleep(0.05)
-        connect_s = time.perf_counter() - t0
+        connect_s, running = launch_all(rt, fleet)
         fault = None
         if p["latency"]:
             settings = {"latency": p["latency"], "direction": "both"}
@@ -244,23 +236,8 @@ def run_variant(p: Json) -> Json:
 
 
 def run_child(params: Json) -> Json:
-    fd, name = tempfile.mkstemp(prefix="iotix-bench-fault-", suffix=".json")
-    os.close(fd)
-    result = Path(name)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(params), "--json", name]
-    child = subprocess.Popen(command)
-    try:
-        code = child.wait()
-    except KeyboardInterrupt:
-        child.terminate()  # it stops its fleet and runtime
-        child.wait(60)
-        raise
-    finally:
-        text = result.read_text() if result.exists() else ""
-        result.unlink(missing_ok=True)
-    if code != 0 or not text:
-        raise SystemExit(f"variant {params['variant']} of the {params['phase']} phase failed (exit code {code})")
-    return json.loads(text)
+    args = [str(Path(__file__).resolve()), "--child", json.dumps(params)]
+    return run_child_script(args, f"variant {params['variant']} of the {params['phase']} phase")
 
 
 def run_phase(phase: str, args: argparse.Namespace, host: str, port: int) -> Json:

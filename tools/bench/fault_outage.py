@@ -51,7 +51,7 @@ from iotix.runtime import get_runtime  # noqa: E402
 from iotix.services import start_local_broker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_seconds, rss_bytes, telemetry  # noqa: E402
+from common import cpu_seconds, mqtt_model, rss_bytes  # noqa: E402
 
 FLEET = "outage"
 TOPIC = "outage/+/telemetry"
@@ -61,21 +61,7 @@ SAMPLE_S = 0.1
 
 
 def bench_model(interval_ms: int) -> dict[str, Any]:
-    return {
-        "id": "bench-outage",
-        "name": "Benchmark sensor (outage)",
-        "version": "1.0.0",
-        "type": "sensor",
-        "protocol": "mqtt",
-        "connection": {
-            "host": "127.0.0.1",
-            "port": 1883,
-            "topicPattern": "outage/${deviceId}/telemetry",
-            "qos": 1,
-            "keepAlive": 60,
-        },
-        "telemetry": telemetry(interval_ms),
-    }
+    return mqtt_model("bench-outage", "outage", qos=1, interval_ms=interval_ms)
 
 
 class Subscriber:

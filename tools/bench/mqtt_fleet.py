@@ -34,31 +34,16 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libraries"))
 
 from iotix.fleet.simulator import Simulator  # noqa: E402
-from iotix.fleet.timeline import LaunchSettings, LaunchStrategy  # noqa: E402
 from iotix.model.loader import load_model_dict  # noqa: E402
 from iotix.runtime import get_runtime  # noqa: E402
 from iotix.services import start_local_broker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_seconds, rss_bytes, telemetry  # noqa: E402
+from common import cpu_seconds, launch_all, mqtt_model, rss_bytes  # noqa: E402
 
 
 def bench_model(interval_ms: int) -> dict:
-    return {
-        "id": "bench-env",
-        "name": "Benchmark environmental sensor",
-        "version": "1.0.0",
-        "type": "sensor",
-        "protocol": "mqtt",
-        "connection": {
-            "host": "127.0.0.1",
-            "port": 1883,
-            "topicPattern": "bench/${deviceId}/telemetry",
-            "qos": 0,
-            "keepAlive": 60,
-        },
-        "telemetry": telemetry(interval_ms),
-    }
+    return mqtt_model("bench-env", "bench", qos=0, interval_ms=interval_ms)
 
 
 class Subscriber:
@@ -105,14 +90,7 @@ def run_iotix(host: str, port: int, devices: int, interval_ms: int, duration: fl
             prefix, model, ids, seed=1, connection={**model.connection, "host": host, "port": port}
         )
     )
-    t0 = time.perf_counter()
-    rt.call(fleet.start, LaunchSettings(strategy=LaunchStrategy.IMMEDIATE))
-    while True:
-        running = rt.call(lambda: fleet.count_states()["running"])
-        if running == devices or time.perf_counter() - t0 > 120:
-            break
-        time.sleep(0.05)
-    connect_s = time.perf_counter() - t0
+    connect_s, running = launch_all(rt, fleet)
     time.sleep(min(2.0, duration / 5))  # settle
     rt.call(fleet.lateness.__init__)  # measure lateness over the steady window only
     sent0 = rt.call(lambda: sum(d.sent for d in fleet.devices))

@@ -113,7 +113,7 @@ class NetworkFaultKeywords(LibraryComponent):
         ``packet``: the packet types it acts on, one or several separated by commas: ``PUBLISH``, ``PUBACK``,
         ``PUBREC``, ``PUBREL``, ``PUBCOMP``, ``PINGREQ``, ``PINGRESP``, ``CONNECT``, ``CONNACK``, ``SUBSCRIBE``,
         ``SUBACK``, ``DISCONNECT``. ``action``: ``drop`` a share (``probability``) of them, ``delay`` them by
-        ``delay``, or ``disconnect`` (reset the connection) at the ``after``-th one. Packets are whole: the
+        ``delay``, or ``disconnect`` (close the connection, a FIN) at the ``after``-th one. Packets are whole: the
         stream stays valid MQTT, so this is loss that TCP cannot hide. On a fleet with TLS the fault acts on the
         MQTT packets inside TLS.
 
@@ -146,7 +146,8 @@ class NetworkFaultKeywords(LibraryComponent):
 
     @keyword
     def clear_network_faults(self, target: str) -> int:
-        """Removes every network fault (and outage) of ``target``; returns how many there were."""
+        """Removes every network fault of ``target``; returns how many there were. An outage stays until
+        `Bring Target Up`."""
         n = cast(int, self.call(self.network.clear, target))
         logger.info(f"{n} network faults removed from '{target}'.")
         return n

@@ -28,7 +28,7 @@ from typing import Any
 
 from .mqtt_frames import packet_type_name
 from .pipe import STAT_KEYS, ActiveFault, Pipe
-from .spec import DATAGRAM_KINDS, HOLD_KINDS, TCP_KINDS, FaultError, FaultSpec
+from .spec import FaultError, FaultSpec
 
 __all__ = ["OUTAGE_MODES", "OUTAGE_NAME", "ActiveFault", "Conduit", "FaultSet"]
 
@@ -132,6 +132,8 @@ class FaultSet:
         self._closed = False
         #: called after every change of faults or outage (a proxy closes or reopens its listening socket)
         self.on_change: list[Callable[[], None]] = []
+        #: sockets closed by their user whose real close waits for their pipe (:mod:`iotix.fault.sock`)
+        self.deferred: dict[Any, None] = {}
 
     # --- faults -------------------------------------------------------------------------------------------
 
@@ -155,16 +157,7 @@ class FaultSet:
 
     def add(self, spec: FaultSpec, owners: Collection[str] | None = None) -> ActiveFault:
         """Start ``spec`` on the conduits it covers now and later; it removes itself after ``spec.duration``."""
-        kind = spec.kind
-        if self.datagram and kind in TCP_KINDS:
-            raise FaultError(
-                f"{self._where(spec.label)}: '{kind}' needs a TCP connection and {self.target} speaks UDP."
-            )
-        if not self.datagram and kind in DATAGRAM_KINDS:
-            raise FaultError(
-                f"{self._where(spec.label)}: '{kind}' acts on datagrams and {self.target} speaks TCP; TCP "
-                "retransmits, so use 'latency' or 'slicer', or an MQTT fault to drop whole packets."
-            )
+        kind = spec.kind  # a spec parsed for this set (parse_fault with its ``datagram``): the kind fits
         if owners is not None and not self.per_device:
             raise FaultError(
                 f"{self._where(spec.label)}: {self.target} shares its connections between devices, so a fault "
@@ -267,10 +260,15 @@ class FaultSet:
         self._outage = outage
         if duration is not None:
             self._outage_timer = self.loop.call_at(now + duration, self.bring_up)
-        if mode != "blackhole":
+        if self._ends_connections(mode):
             for conduit in list(self._conduits):
                 conduit.end_by(outage, "reset")
         self._refresh()
+
+    def _ends_connections(self, mode: str) -> bool:
+        """Whether an outage in ``mode`` resets connections: refuse and reset do on TCP; UDP has no connection to
+        reset, so there every mode means that datagrams vanish (a blackhole)."""
+        return mode != "blackhole" and not self.datagram
 
     def bring_up(self) -> None:
         """End the outage (held bytes flow again); nothing happens when the target is up."""
@@ -309,16 +307,14 @@ class FaultSet:
             return mode
         for fault in self._faults.values():
             spec = fault.spec
-            if spec.kind in HOLD_KINDS and spec.acts_upstream() and fault.covers(owner):
+            # a blackhole answers no SYN; a timeout fault accepts and closes later (in the pipe)
+            if spec.kind == "blackhole" and spec.acts_upstream() and fault.covers(owner):
                 if spec.toxicity < 1.0 and not self._owner_affected(fault, owner):
                     continue
                 if count:
                     fault.stats["connections_refused"] += 1
                 return "blackhole"
         return None
-
-    def refused(self, owner: str | None) -> None:
-        """Nothing to do: :meth:`admission` counts every refusal it answers (kept for callers of the brief)."""
 
     def attach(
         self,
@@ -334,6 +330,10 @@ class FaultSet:
             self._conduits.add(conduit)
             if self.active:
                 self._apply(conduit, self._acting())
+            outage = self._outage
+            if outage is not None and self._ends_connections(outage.spec.params["mode"]):
+                # admitted before the outage began (connecting, in a TLS handshake): it is reset like the rest
+                conduit.end_by(outage, "reset")
         return conduit
 
     @property
@@ -342,7 +342,7 @@ class FaultSet:
 
     def _acting(self) -> list[ActiveFault]:
         acting = list(self._faults.values())
-        if self._outage is not None and self._outage.spec.params["mode"] == "blackhole":
+        if self._outage is not None and not self._ends_connections(self._outage.spec.params["mode"]):
             acting.append(self._outage)
         return acting
 

@@ -90,7 +90,8 @@ class ActiveFault:
         self.started_at = started_at
         self.rng = rng if rng is not None else random.Random(f"fault:{spec.name}")
         self.active = True
-        self.link_free = 0.0  # a shared bandwidth fault: when its one link is free again (loop time)
+        #: a shared bandwidth fault: per direction, when its one link is free again (loop time)
+        self.link_free = {"upstream": 0.0, "downstream": 0.0}
 
     @property
     def name(self) -> str:
@@ -551,7 +552,7 @@ class Pipe:
         params = fault.spec.params
         rate = params["rate"]
         shared = params["shared"]  # one link for every connection of the fault (a gateway's uplink)
-        free = fault.link_free if shared else self._state[fault].free
+        free = fault.link_free[self.direction] if shared else self._state[fault].free
         out: list[tuple[float, bytes]] = []
         step = len(pieces[0][1]) if self.datagram else max(512, int(rate * BANDWIDTH_SLICE_S))
         for at, data in pieces:
@@ -564,7 +565,7 @@ class Pipe:
                 if self.datagram:
                     break
         if shared:
-            fault.link_free = free
+            fault.link_free[self.direction] = free
         else:
             self._state[fault].free = free
         return out
@@ -743,3 +744,23 @@ class Pipe:
 
     def __repr__(self) -> str:
         return f"Pipe({self.direction}, faults={[f.name for f in self.faults]}, backlog={self.backlog()})"
+
+
+class _IdlePipe:
+    """What a wrapper's pipes are once its conduit is detached: always idle (bytes pass straight through)."""
+
+    __slots__ = ()
+    idle = True
+
+    def push(self, data: bytes) -> None:
+        pass
+
+    def push_eof(self) -> None:
+        pass
+
+    def backlog(self) -> int:
+        return 0
+
+
+#: the pipes of a socket or datagram flow whose conduit is gone
+IDLE_PIPE: Any = _IdlePipe()

@@ -543,7 +543,7 @@ class TcpProxy:
         """Listen on ``listen_host:port`` (0: a free port); an OSError when the port cannot be bound."""
         sock = _bind(self.host, port, socket.SOCK_STREAM)
         self.port = sock.getsockname()[1]
-        self._server = await self.loop.create_server(lambda: self.relay_class(self), sock=sock)
+        self._server = await self._serve(sock)
         self._watch = _FaultWatch(self.faults, self._faults_changed)
 
     def close(self) -> None:
@@ -572,6 +572,14 @@ class TcpProxy:
 
     # -- admission and outages ------------------------------------------------------------------------------
 
+    def _refuse(self, transport: asyncio.Transport, mode: str) -> None:
+        """Reset an accepted connection: mode "reset", or "refuse" in the moment before the listening socket
+        closes (the nearest to a refusal once the kernel accepted)."""
+        self.stats["connections_refused" if mode == "refuse" else "connections_reset"] += 1
+        reset_transport(transport)
+        if mode == "refuse":
+            self._faults_changed()
+
     def _admit(self, relay: _Relay, transport: asyncio.Transport) -> bool:
         """A connection was accepted: whether it is relayed (else it was reset, or is held by a blackhole)."""
         self.stats["connections_accepted"] += 1
@@ -584,11 +592,7 @@ class TcpProxy:
             transport.set_protocol(hung)
             self._hung.add(hung)
             return False
-        # "reset", or "refuse" in the moment before the listening socket closes: the nearest we can give
-        self.stats["connections_refused" if mode == "refuse" else "connections_reset"] += 1
-        reset_transport(transport)
-        if mode == "refuse":
-            self._faults_changed()
+        self._refuse(transport, mode)
         return False
 
     def _faults_changed(self) -> None:
@@ -624,8 +628,20 @@ class TcpProxy:
         if self._closed or self.faults.outage == "refuse":
             sock.close()
             return
-        self._server = await self.loop.create_server(lambda: self.relay_class(self), sock=sock)
+        server = await self._serve(sock)
+        if self._closed or self.faults.outage == "refuse":  # it changed while the server started
+            server.close()
+            return
+        self._server = server
         log.info("fault proxy %s: accepting connections again on port %d", self.name, self.port)
+
+    async def _serve(self, sock: socket.socket) -> asyncio.Server:
+        """Accept connections on the bound ``sock`` (closed when that fails)."""
+        try:
+            return await self.loop.create_server(lambda: self.relay_class(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     # -- upstream -------------------------------------------------------------------------------------------
 
@@ -728,8 +744,10 @@ class _SocksRelay(_Relay):
         self.proxy.stats["connections_accepted"] += 1
         self._mode = mode = self.proxy.faults.admission(None)  # once per connection: admission counts
         if mode in ("reset", "refuse"):
-            self.proxy._admit_counted(transport, mode)  # type: ignore[attr-defined]
+            self.proxy._refuse(transport, mode)  # type: ignore[arg-type]
             self.closed = True
+        else:
+            self.proxy._relays.add(self)  # closed with the proxy while its handshake is still going on
 
     def data_received(self, data: bytes) -> None:
         if self._hs is None:
@@ -875,12 +893,6 @@ class SocksProxy(TcpProxy):
 
     def __repr__(self) -> str:
         return f"SocksProxy({self.name!r}, {self.host}:{self.port})"
-
-    def _admit_counted(self, transport: asyncio.Transport, mode: str) -> None:
-        self.stats["connections_refused" if mode == "refuse" else "connections_reset"] += 1
-        reset_transport(transport)
-        if mode == "refuse":
-            self._faults_changed()
 
     def _admit(self, relay: _Relay, transport: asyncio.Transport) -> bool:
         # Only called for a blackhole after the handshake (reset/refuse are handled at accept).
@@ -1253,7 +1265,7 @@ class UpstreamProxies:
         own address in the kernel's message).
         """
         proxy = await self.proxy_for(host, port)
-        if self.faults.admission(None, count=False) == "refuse":
+        if self.faults.outage == "refuse":
             self.faults.admission(None)  # counts the refused connection on the outage
             raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused (network fault: target down)")
         await proxy.preconnect(timeout)

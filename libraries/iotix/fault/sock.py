@@ -33,8 +33,10 @@ closes the socket while the up pipe is not idle (its own keep-alive gave up duri
 are still delayed), the close goes through the pipe as an EOF: the real socket is closed only when the pipe
 delivers it (after the delayed bytes, later by a slow_close, never while a hold keeps it). Until then the
 socket is *deferred*: it keeps its descriptor and its conduit (so lifting the hold reaches it). The
-transport ends deferred sockets when it closes (:func:`close_deferred`); a device has at most one deferred
-socket (a second one closes the first for real), so a fleet holds at most two descriptors per device.
+fleet ends deferred sockets when it stops (:func:`close_deferred`); a device has at most one deferred socket (a
+second one closes the first for real). While a device is cut off it opens no new socket (admission answers
+"blackhole" without one), so a partition adds no descriptor; only a reconnect while a closed connection's
+delayed bytes (latency, slow_close) are still on their way holds two for that moment.
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["FaultSocket", "close_deferred", "deferred_count", "wrap_socket"]
+from iotix.fault.pipe import IDLE_PIPE
+
+if TYPE_CHECKING:
+    from iotix.fault.faultset import FaultSet
+
+__all__ = ["FaultSocket", "close_deferred", "wrap_socket"]
 
 #: Bytes read from the real socket per ``recv`` while the down pipe is not idle (then pushed whole).
 READ_CHUNK = 65536
@@ -59,28 +66,7 @@ WRITE_HIGH = 1 << 20
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-class _Idle:
-    """What a wrapper's pipes are once its conduit is detached: always idle."""
-
-    __slots__ = ()
-    idle = True
-
-    def push(self, data: bytes) -> None:
-        pass
-
-    def push_eof(self) -> None:
-        pass
-
-    def backlog(self) -> int:
-        return 0
-
-
-_IDLE: Any = _Idle()
-
 #: id(fault set) -> {deferred socket: None} (insertion-ordered), see the module docstring
-_deferred: dict[int, dict[FaultSocket, None]] = {}
-
-
 def _raiser(err: BaseException) -> Callable[..., Any]:
     def fail(*args: Any) -> Any:
         raise err
@@ -102,9 +88,9 @@ class FaultSocket:
         "_close_when_written",
         "_closed_by_paho",
         "_conduit",
-        "_deferred_key",
         "_down_eof",
         "_down_error",
+        "_faults",
         "_fd",
         "_loop",
         "_owner",
@@ -135,11 +121,11 @@ class FaultSocket:
         self._loop = loop
         self._send: Callable[[Any], int] = sock.send
         self._recv: Callable[[int], bytes] = sock.recv
-        self.up: Any = _IDLE
-        self.down: Any = _IDLE
+        self.up: Any = IDLE_PIPE
+        self.down: Any = IDLE_PIPE
         self._conduit: Any = None
         self._owner: str | None = None
-        self._deferred_key = 0
+        self._faults: FaultSet | None = None  # the fault set of the conduit (where a deferred close is listed)
         self._rbuf = bytearray()  # bytes the down pipe delivered, not yet read by paho
         self._wbuf = bytearray()  # bytes the up pipe delivered that the kernel did not take yet
         self._reader: tuple[Any, ...] | None = None  # paho's reader callback and its arguments
@@ -156,18 +142,18 @@ class FaultSocket:
 
     # -- the conduit -------------------------------------------------------------------------------------------
 
-    def attach(self, faults: Any, owner: str | None) -> None:
+    def attach(self, faults: FaultSet, owner: str | None) -> None:
         """Route this socket through a new conduit of ``faults`` (a :class:`iotix.fault.faultset.FaultSet`)."""
         conduit = faults.attach(owner, up=self._deliver_up, down=self._deliver_down, act=self._act)
         self._conduit = conduit
         self._owner = owner
-        self._deferred_key = id(faults)
+        self._faults = faults
         self.up = conduit.up
         self.down = conduit.down
 
     def _detach(self) -> None:
         conduit, self._conduit = self._conduit, None
-        self.up = self.down = _IDLE
+        self.up = self.down = IDLE_PIPE
         if conduit is not None:
             conduit.detach()
 
@@ -442,10 +428,12 @@ class FaultSocket:
             self._wake()
 
     def _defer(self) -> None:
+        assert self._faults is not None
+        deferred = self._faults.deferred
         if self._owner is not None:
-            for other in [s for s in _deferred.get(self._deferred_key, ()) if s._owner == self._owner]:
+            for other in [s for s in deferred if s._owner == self._owner]:
                 other._close_real()  # at most one deferred socket per device
-        _deferred.setdefault(self._deferred_key, {})[self] = None
+        deferred[self] = None
 
     def _close_real(self) -> None:
         real, self._real = self._real, None
@@ -458,34 +446,26 @@ class FaultSocket:
             loop.remove_writer(self._fd)
         self._reading = self._writer_mine = False
         self._wbuf.clear()
-        group = _deferred.get(self._deferred_key)
-        if group is not None:
-            group.pop(self, None)
-            if not group:
-                del _deferred[self._deferred_key]
+        if self._faults is not None:
+            self._faults.deferred.pop(self, None)
         real.close()
         self._detach()
         if not self._closed_by_paho and self._down_error is None:
             self._send = self._recv = _raiser(OSError(9, "Bad file descriptor"))
 
 
-def wrap_socket(sock: socket.socket, loop: asyncio.AbstractEventLoop, faults: Any, owner: str | None) -> FaultSocket:
+def wrap_socket(
+    sock: socket.socket, loop: asyncio.AbstractEventLoop, faults: FaultSet, owner: str | None
+) -> FaultSocket:
     """``sock`` (connected, TLS handshake done) routed through a new conduit of ``faults``."""
     wrapper = FaultSocket(sock, loop)
     wrapper.attach(faults, owner)
     return wrapper
 
 
-def deferred_count(faults: Any) -> int:
-    """Sockets of ``faults`` whose real close waits for their up pipe (see the module docstring)."""
-    return len(_deferred.get(id(faults), ()))
-
-
-def close_deferred(faults: Any) -> int:
-    """Close the deferred sockets of ``faults`` now (the transport closes); returns how many."""
-    group = _deferred.pop(id(faults), None)
-    if not group:
-        return 0
-    for sock in list(group):
+def close_deferred(faults: FaultSet) -> int:
+    """Close the deferred sockets of ``faults`` now (the fleet stops); returns how many."""
+    group = list(faults.deferred)
+    for sock in group:
         sock._close_real()
     return len(group)

@@ -27,6 +27,7 @@ from iotix.behavior import compile_condition, compile_template
 from iotix.encode import FIRMWARE_KEY, make_encoder
 from iotix.errors import ConfigurationError, NotFoundError
 from iotix.fault.faultset import FaultSet
+from iotix.fault.sock import close_deferred
 from iotix.fleet.delivery import SENT, CircuitStatus, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.outcomes import FleetOutcomes
@@ -680,6 +681,8 @@ class Fleet:
                 await self.transport.disconnect(device)
         with contextlib.suppress(Exception):
             await self.transport.close()
+        if self.faults is not None:
+            close_deferred(self.faults)  # connections a partition kept open underneath (any protocol's sockets)
         self.state = "stopped"
         gc.unfreeze()  # let what the fleet held be collected again
 
@@ -727,7 +730,7 @@ class Fleet:
             "dropoutSteps": self.dropout_steps,
             **self.delivery.describe(),
             "sendLatenessMs": lateness,
-            "networkFaults": len(self.faults.describe()) if self.faults is not None else 0,
+            "networkFaults": len(self.faults.faults) + (self.faults.outage is not None) if self.faults else 0,
             "networkBacklogBytes": self.faults.backlog() if self.faults is not None else 0,
             "transport": self.transport.describe(),
         }

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from iotix.errors import NotFoundError
 from iotix.fault.faultset import FaultSet
+from iotix.fault.profiles import profile as link_profile
 from iotix.fault.profiles import profile_faults
 from iotix.fault.proxy import TcpProxy, UdpProxy, start_proxy
 from iotix.fault.spec import FaultError, parse_fault
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
     from iotix.fleet.fleet import Fleet
     from iotix.fleet.simulator import Simulator
 
-#: Outage modes of `take_down`: what a device sees when it (re)connects while its target is down.
-OUTAGE_MODES = ("refuse", "blackhole", "reset")
 #: Names of the faults `Partition Devices` adds start with this; `Heal Partition` removes them.
 PARTITION = "partition"
 
@@ -80,19 +79,15 @@ class Network:
         )
 
     def select(self, name: str, selection: DeviceSelection) -> list[str] | None:
-        """The ids a fault on ``name`` acts on (None: the whole target), checked against the target."""
-        faults, fleet = self.target(name)
+        """The ids a fault on ``name`` acts on (None: the whole target), checked against the target; a fleet
+        whose devices share pooled connections refuses them when the fault is added (FaultSet.add)."""
+        fleet = self.target(name)[1]
         if not selection.given:
             return None
         if fleet is None:
             raise FaultError(
                 f"Proxy '{name}' has no devices: its faults act on every connection through it; "
                 "leave out devices, count and percentage."
-            )
-        if not faults.per_device:
-            raise FaultError(
-                f"Fleet '{name}' ({fleet.model.protocol}) shares pooled connections between its devices, so its "
-                "network faults act on the whole fleet: leave out devices, count and percentage."
             )
         if selection.devices is not None:
             unknown = [d for d in selection.devices if d not in fleet.by_id]
@@ -148,6 +143,7 @@ class Network:
         """Add the faults of a named link profile to ``name``; returns their names. All or nothing."""
         faults, _ = self.target(name)
         owners = self.select(name, selection)
+        profile = link_profile(profile).name  # 3G and 3g are one profile
         specs = []
         for kind, settings, direction in profile_faults(profile, datagram=faults.datagram):
             extra: dict[str, Any] = {"direction": direction}
@@ -159,8 +155,7 @@ class Network:
                     kind, {**settings, **extra}, name=fault_name, target=faults.target, datagram=faults.datagram
                 )
             )
-        taken = {f["name"] for f in faults.describe()}
-        clash = [s.name for s in specs if s.name in taken]
+        clash = [s.name for s in specs if s.name in faults]
         if clash:
             raise FaultError(
                 f"{faults.target.capitalize()} already has the faults of profile '{profile}' ({', '.join(clash)}); "
@@ -190,26 +185,21 @@ class Network:
             target=faults.target,
             datagram=faults.datagram,
         )
-        owners = self.select(fleet, selection) or []
+        owners = self.select(fleet, selection)
+        assert owners is not None  # a selection was given
         faults.add(spec, owners)
         return owners
 
     def heal(self, fleet: str) -> int:
         """Remove every partition of ``fleet``; returns how many there were."""
         faults, _ = self.target(fleet)
-        names = [f["name"] for f in faults.describe() if str(f["name"]).startswith(PARTITION)]
+        names = [f.name for f in faults.faults if f.name.startswith(f"{PARTITION}-")]
         for n in names:
             faults.remove(n)
         return len(names)
 
     def take_down(self, name: str, mode: str, duration: float | None) -> None:
-        faults, _ = self.target(name)
-        mode = str(mode).lower()
-        if mode not in OUTAGE_MODES:
-            raise FaultError(f"Unknown outage mode '{mode}' for {faults.target}; use one of {', '.join(OUTAGE_MODES)}.")
-        if duration is not None and duration <= 0:
-            raise FaultError(f"Outage of {faults.target}: duration must be > 0, got {duration:g} s.")
-        faults.take_down(mode, duration)
+        self.target(name)[0].take_down(mode, duration)
 
     def bring_up(self, name: str) -> None:
         self.target(name)[0].bring_up()
@@ -226,8 +216,10 @@ class Network:
         listen_port: int = 0,
         seed: int | str | None = None,
     ) -> dict[str, Any]:
-        name = name or f"proxy-{len(self.proxies) + 1}"
-        if name in self.proxies or name in self.sim.fleets:
+        taken = self.proxies.keys() | self.sim.fleets.keys()
+        if not name:
+            name = next(n for n in (f"proxy-{i}" for i in itertools.count(1)) if n not in taken)
+        elif name in taken:
             raise FaultError(
                 f"A {'proxy' if name in self.proxies else 'fleet'} named '{name}' already exists; "
                 "give the proxy another name."

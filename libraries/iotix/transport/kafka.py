@@ -2,7 +2,9 @@
 
 A kafka-python ``KafkaProducer`` owns an I/O thread and its sockets, so one per device does not scale:
 devices share a pool of ``connection.producers`` producers (default 2) per connection settings (bootstrap,
-acks, compression, linger, max block), process-wide, so two fleets with the same settings share it too.
+acks, compression, linger, max block), process-wide, so two fleets with the same settings share it too, unless
+they run through the network-fault layer (the default): then each fleet has its own pool, reached through a
+SOCKS5 proxy of its own, so a fault on one fleet never touches another's produce requests.
 Device *i* of a fleet uses producer ``i % producers``: with the device id as the message key, one device's
 messages go to one partition, in order (a retried message may land after a later one; the envelope's
 ``seq`` tells).

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from paho.mqtt.enums import MQTTErrorCode
 
 from iotix.behavior import compile_template
-from iotix.fault.sock import close_deferred
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.paho_driver import LoopClient
 from iotix.transport.tls import FleetTls
@@ -280,11 +279,6 @@ class MqttTransport(Transport):
             return
         client.close_reported = True
         client.abort()
-
-    async def close(self) -> None:
-        """Close the sockets whose close a network fault still holds back (see :mod:`iotix.fault.sock`)."""
-        if self.spec.faults is not None:
-            close_deferred(self.spec.faults)
 
     def describe(self) -> dict[str, Any]:
         """Adds how often a missing acknowledgement gave a connection up, and how many QoS 1/2 messages were

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from iotix.fault.sock import FaultSocket
+from iotix.fault.sock import FaultSocket, wrap_socket
 from iotix.transport.base import TransportError
 from iotix.transport.tls import tls_handshake
 
@@ -308,8 +308,7 @@ class LoopClient(mqtt.Client):
         elif "_sock_recv" in self.__dict__:
             del self._sock_recv, self._sock_send
         if faults is not None:
-            sock = FaultSocket(sock, loop)  # type: ignore[assignment]
-            sock.attach(faults, owner)  # type: ignore[attr-defined]
+            sock = wrap_socket(sock, loop, faults, owner)  # type: ignore[assignment]
         self._pending_sock = sock
         self._connack = loop.create_future()
         try:
