@@ -447,17 +447,13 @@ class _Relay(asyncio.Protocol):
         self.proxy._relays.discard(self)
 
 
-class TcpProxy:
-    """A TCP relay on the runtime loop in front of one upstream address, through a FaultSet (module docstring).
+class _ProxyBase:
+    """What the TCP and UDP proxies share: the upstream, the listening socket and its life through outages
+    (closed in a refuse-mode outage so clients meet a real refusal, bound again on the same port after it)."""
 
-    ``faults`` is the target's FaultSet (a fleet's, or the proxy's own when ``owns_faults``: then
-    :meth:`close` closes it too). Create with :func:`start_proxy` (standalone) or :meth:`start` after the
-    constructor. ``stats`` counts connections accepted, reset, closed by a fault, refused, blackholed, and
-    upstream failures.
-    """
-
-    protocol = "tcp"
-    relay_class: type[_Relay] = _Relay
+    protocol = ""
+    #: SOCK_STREAM or SOCK_DGRAM: the listening socket's type
+    socket_type: socket.SocketKind
 
     def __init__(
         self,
@@ -466,9 +462,8 @@ class TcpProxy:
         faults: FaultSet,
         *,
         name: str,
-        listen_host: str = "127.0.0.1",
-        owns_faults: bool = False,
-        connect_timeout: float = CONNECT_TIMEOUT_S,
+        listen_host: str,
+        owns_faults: bool,
     ) -> None:
         self.loop = loop
         self.upstream_addr = upstream
@@ -477,32 +472,16 @@ class TcpProxy:
         self.host = listen_host
         self.port = 0
         self.owns_faults = owns_faults
-        self.connect_timeout = connect_timeout
-        self.stats: dict[str, int] = {
-            "connections_accepted": 0,
-            "connections_reset": 0,
-            "connections_closed": 0,
-            "connections_refused": 0,
-            "connections_blackholed": 0,
-            "upstream_failures": 0,
-            "bytes_blackholed": 0,
-        }
+        self.stats: dict[str, int] = {}
         #: the last upstream failure, in words (None until one happens)
         self.last_upstream_error: str | None = None
-        self._server: asyncio.AbstractServer | None = None
         self._reopening: asyncio.Task[None] | None = None
-        self._relays: set[_Relay] = set()
-        self._hung: set[_Hung] = set()
-        self._prepared: deque[tuple[_Upstream, float]] = deque()
-        self._prepared_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._watch: _FaultWatch | None = None
 
-    # -- properties -----------------------------------------------------------------------------------------
-
     @property
     def upstream(self) -> str:
-        """``host:port`` the proxy relays to."""
+        """``host:port`` the proxy relays to ("" for a SOCKS proxy: its clients name it)."""
         if self.upstream_addr is None:
             return ""
         host, port = self.upstream_addr
@@ -511,16 +490,11 @@ class TcpProxy:
     @property
     def listening(self) -> bool:
         """Whether the listening socket is open (False during a refuse-mode outage and after close)."""
-        return self._server is not None
+        raise NotImplementedError
 
     @property
     def connections(self) -> int:
-        """Connections open through the proxy now (relayed, connecting or held by a blackhole)."""
-        return len(self._relays) + len(self._hung)
-
-    def descriptors(self) -> int:
-        """Sockets the proxy holds now: its listening socket, two per relayed connection, one per held one."""
-        return int(self._server is not None) + 2 * len(self._relays) + len(self._hung) + len(self._prepared)
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -537,25 +511,130 @@ class TcpProxy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.host}:{self.port} -> {self.upstream or 'SOCKS'})"
 
-    # -- lifecycle ------------------------------------------------------------------------------------------
-
     async def start(self, port: int = 0) -> None:
         """Listen on ``listen_host:port`` (0: a free port); an OSError when the port cannot be bound."""
-        sock = _bind(self.host, port, socket.SOCK_STREAM)
+        sock = _bind(self.host, port, self.socket_type)
         self.port = sock.getsockname()[1]
-        self._server = await self._serve(sock)
+        await self._serve(sock)
         self._watch = _FaultWatch(self.faults, self._faults_changed)
 
-    def close(self) -> None:
-        """Close the listening socket and every connection through the proxy (and the FaultSet when owned)."""
+    async def _serve(self, sock: socket.socket) -> None:
+        """Start serving on the bound ``sock``; close it when that fails."""
+        raise NotImplementedError
+
+    def _stop_listening(self) -> None:
+        raise NotImplementedError
+
+    def _faults_changed(self) -> None:
+        """The FaultSet changed: close the listening socket in a refuse-mode outage, reopen it afterwards."""
         if self._closed:
             return
+        refuse = self.faults.outage == "refuse"
+        if refuse and self.listening:
+            log.info("fault proxy %s: refusing (port %d closed)", self.name, self.port)
+            self._stop_listening()
+        elif not refuse and not self.listening and self._reopening is None and self.port:
+            self._reopening = self.loop.create_task(self._reopen())
+
+    async def _reopen(self) -> None:
+        try:
+            sock = _bind(self.host, self.port, self.socket_type)
+        except OSError as err:
+            log.error(
+                "fault proxy %s: cannot listen on %s:%d again after the outage: %s",
+                self.name,
+                self.host,
+                self.port,
+                err,
+            )
+            return
+        finally:
+            self._reopening = None
+        if self._closed or self.faults.outage == "refuse":
+            sock.close()
+            return
+        await self._serve(sock)
+        if self._closed or self.faults.outage == "refuse":  # it changed while the server started
+            self._stop_listening()
+            return
+        log.info("fault proxy %s: accepting again on port %d", self.name, self.port)
+
+    def _close_base(self) -> bool:
+        """The first part of ``close``: False when already closed."""
+        if self._closed:
+            return False
         self._closed = True
         if self._watch is not None:
             self._watch.close()
         self._stop_listening()
         if self._reopening is not None:
             self._reopening.cancel()
+        return True
+
+
+class TcpProxy(_ProxyBase):
+    """A TCP relay on the runtime loop in front of one upstream address, through a FaultSet (module docstring).
+
+    ``faults`` is the target's FaultSet (a fleet's, or the proxy's own when ``owns_faults``: then
+    :meth:`close` closes it too). Create with :func:`start_proxy` (standalone) or :meth:`start` after the
+    constructor. ``stats`` counts connections accepted, reset, closed by a fault, refused, blackholed, and
+    upstream failures.
+    """
+
+    protocol = "tcp"
+    socket_type = socket.SOCK_STREAM
+    relay_class: type[_Relay] = _Relay
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        upstream: tuple[str, int] | None,
+        faults: FaultSet,
+        *,
+        name: str,
+        listen_host: str = "127.0.0.1",
+        owns_faults: bool = False,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(loop, upstream, faults, name=name, listen_host=listen_host, owns_faults=owns_faults)
+        self.connect_timeout = connect_timeout
+        self.stats = {
+            "connections_accepted": 0,
+            "connections_reset": 0,
+            "connections_closed": 0,
+            "connections_refused": 0,
+            "connections_blackholed": 0,
+            "upstream_failures": 0,
+            "bytes_blackholed": 0,
+        }
+        self._server: asyncio.AbstractServer | None = None
+        self._relays: set[_Relay] = set()
+        self._hung: set[_Hung] = set()
+        self._prepared: deque[tuple[_Upstream, float]] = deque()
+        self._prepared_timer: asyncio.TimerHandle | None = None
+
+    # -- properties -----------------------------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        """Whether the listening socket is open (False during a refuse-mode outage and after close)."""
+        return self._server is not None
+
+    @property
+    def connections(self) -> int:
+        """Connections open through the proxy now (relayed, connecting or held by a blackhole)."""
+        return len(self._relays) + len(self._hung)
+
+    def descriptors(self) -> int:
+        """Sockets the proxy holds now: its listening socket, two per relayed connection, one per held one."""
+        return int(self._server is not None) + 2 * len(self._relays) + len(self._hung) + len(self._prepared)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the listening socket and every connection through the proxy (and the FaultSet when owned)."""
+        if not self._close_base():
+            return
         for relay in list(self._relays):
             relay.end(reset=True)
         for hung in list(self._hung):
@@ -595,50 +674,14 @@ class TcpProxy:
         self._refuse(transport, mode)
         return False
 
-    def _faults_changed(self) -> None:
-        """The FaultSet changed: close the listening socket in a refuse-mode outage, reopen it afterwards."""
-        if self._closed:
-            return
-        refuse = self.faults.outage == "refuse"
-        if refuse and self._server is not None:
-            log.info("fault proxy %s: refusing connections (port %d closed)", self.name, self.port)
-            self._stop_listening()
-        elif not refuse and self._server is None and self._reopening is None and self.port:
-            self._reopening = self.loop.create_task(self._reopen())
-
     def _stop_listening(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.close()
 
-    async def _reopen(self) -> None:
+    async def _serve(self, sock: socket.socket) -> None:
         try:
-            sock = _bind(self.host, self.port, socket.SOCK_STREAM)
-        except OSError as err:
-            log.error(
-                "fault proxy %s: cannot listen on %s:%d again after the outage: %s",
-                self.name,
-                self.host,
-                self.port,
-                err,
-            )
-            return
-        finally:
-            self._reopening = None
-        if self._closed or self.faults.outage == "refuse":
-            sock.close()
-            return
-        server = await self._serve(sock)
-        if self._closed or self.faults.outage == "refuse":  # it changed while the server started
-            server.close()
-            return
-        self._server = server
-        log.info("fault proxy %s: accepting connections again on port %d", self.name, self.port)
-
-    async def _serve(self, sock: socket.socket) -> asyncio.Server:
-        """Accept connections on the bound ``sock`` (closed when that fails)."""
-        try:
-            return await self.loop.create_server(lambda: self.relay_class(self), sock=sock)
+            self._server = await self.loop.create_server(lambda: self.relay_class(self), sock=sock)
         except BaseException:
             sock.close()
             raise
@@ -891,9 +934,6 @@ class SocksProxy(TcpProxy):
         """kafka-python's ``proxy_url``: ``socks5h`` (the proxy resolves broker names) with the login."""
         return f"socks5h://iotix:{self.token}@{self.host}:{self.port}"
 
-    def __repr__(self) -> str:
-        return f"SocksProxy({self.name!r}, {self.host}:{self.port})"
-
     def _admit(self, relay: _Relay, transport: asyncio.Transport) -> bool:
         # Only called for a blackhole after the handshake (reset/refuse are handled at accept).
         self.stats["connections_blackholed"] += 1
@@ -1007,7 +1047,7 @@ class _UdpFlow(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-class UdpProxy:
+class UdpProxy(_ProxyBase):
     """A UDP relay in front of one upstream address: an upstream socket per client address (expiring after
     ``UDP_IDLE_S`` without traffic), datagrams through the FaultSet (``datagram=True``).
 
@@ -1016,6 +1056,7 @@ class UdpProxy:
     """
 
     protocol = "udp"
+    socket_type = socket.SOCK_DGRAM
 
     def __init__(
         self,
@@ -1028,16 +1069,10 @@ class UdpProxy:
         owns_faults: bool = False,
         idle_s: float = UDP_IDLE_S,
     ) -> None:
-        self.loop = loop
-        self.upstream_addr = upstream
-        self.faults = faults
-        self.name = name
-        self.host = listen_host
-        self.port = 0
-        self.owns_faults = owns_faults
+        super().__init__(loop, upstream, faults, name=name, listen_host=listen_host, owns_faults=owns_faults)
         self.idle_s = idle_s
         self.flows: dict[Any, _UdpFlow] = {}
-        self.stats: dict[str, int] = {
+        self.stats = {
             "flows_opened": 0,
             "flows_expired": 0,
             "connections_reset": 0,
@@ -1047,17 +1082,8 @@ class UdpProxy:
             "upstream_failures": 0,
             "client_errors": 0,
         }
-        self.last_upstream_error: str | None = None
         self._transport: asyncio.DatagramTransport | None = None
-        self._reopening: asyncio.Task[None] | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._closed = False
-        self._watch: _FaultWatch | None = None
-
-    @property
-    def upstream(self) -> str:
-        host, port = self.upstream_addr
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
     def listening(self) -> bool:
@@ -1071,31 +1097,22 @@ class UdpProxy:
     def descriptors(self) -> int:
         return int(self._transport is not None) + len(self.flows)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "protocol": self.protocol,
-            "host": self.host,
-            "port": self.port,
-            "upstream": self.upstream,
-            "listening": self.listening,
-            "connections": self.connections,
-            **self.stats,
-        }
-
-    def __repr__(self) -> str:
-        return f"UdpProxy({self.name!r}, {self.host}:{self.port} -> {self.upstream})"
-
     async def start(self, port: int = 0) -> None:
-        sock = _bind(self.host, port, socket.SOCK_DGRAM)
-        self.port = sock.getsockname()[1]
-        await self._serve(sock)
-        self._watch = _FaultWatch(self.faults, self._faults_changed)
+        await super().start(port)
         self._sweeper = self.loop.call_later(UDP_SWEEP_S, self._sweep)
 
     async def _serve(self, sock: socket.socket) -> None:
-        transport, _ = await self.loop.create_datagram_endpoint(lambda: _UdpListener(self), sock=sock)
+        try:
+            transport, _ = await self.loop.create_datagram_endpoint(lambda: _UdpListener(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         self._transport = transport
+
+    def _stop_listening(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
 
     def _from_client(self, data: bytes, addr: Any) -> None:
         flow = self.flows.get(addr)
@@ -1121,44 +1138,13 @@ class UdpProxy:
         if not self._closed:
             self._sweeper = self.loop.call_later(UDP_SWEEP_S, self._sweep)
 
-    def _faults_changed(self) -> None:
-        if self._closed:
-            return
-        refuse = self.faults.outage == "refuse"
-        if refuse and self._transport is not None:
-            transport, self._transport = self._transport, None
-            transport.close()
-        elif not refuse and self._transport is None and self._reopening is None and self.port:
-            self._reopening = self.loop.create_task(self._reopen())
-
-    async def _reopen(self) -> None:
-        try:
-            sock = _bind(self.host, self.port, socket.SOCK_DGRAM)
-        except OSError as err:
-            log.error("fault proxy %s: cannot bind UDP %s:%d again: %s", self.name, self.host, self.port, err)
-            return
-        finally:
-            self._reopening = None
-        if self._closed:
-            sock.close()
-            return
-        await self._serve(sock)
-
     def close(self) -> None:
-        if self._closed:
+        if not self._close_base():
             return
-        self._closed = True
-        if self._watch is not None:
-            self._watch.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        if self._reopening is not None:
-            self._reopening.cancel()
         for flow in list(self.flows.values()):
             flow.close()
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
         if self.owns_faults:
             self.faults.close()
 
