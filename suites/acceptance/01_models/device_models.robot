@@ -11,7 +11,8 @@ Test Teardown       Delete All Fleets
 
 
 *** Variables ***
-@{SHIPPED}          air-quality-monitor    camera    coap-smart-plug    coap-soil-sensor    door-lock    ecg-monitor-v1
+@{SHIPPED}          air-quality-monitor    camera    cellular-asset-tracker    coap-smart-plug    coap-soil-sensor
+...                 door-lock    ecg-monitor-v1
 ...                 ecg-monitor-plus    environmental-sensor-v1    environmental-sensor-plus    gps-tracker
 ...                 industrial-gateway-v1    industrial-gateway-plus    iotflow-hybrid-sensor
 ...                 iotflow-smart-sensor    iotflow-smart-sensor-energy-efficient    iotflow-smart-sensor-high-frequency
