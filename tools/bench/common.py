@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,3 +125,35 @@ def run_child_script(args: list[str], what: str) -> Json:
     if code != 0 or not text:
         raise SystemExit(f"{what} failed (exit code {code})")
     return json.loads(text)
+
+
+class MosquittoSub:
+    """An independent ``mosquitto_sub`` writing one line per message (``-F fmt``) to a temporary file: the
+    receiver benchmarks count with. ``stop`` waits for what is still in flight and ends the process; the file
+    stays until ``remove``."""
+
+    def __init__(self, host: str, port: int, topics: list[str], *, qos: int, fmt: str) -> None:
+        exe = shutil.which("mosquitto_sub")
+        if exe is None:
+            raise SystemExit("mosquitto_sub is needed (apt-get install mosquitto-clients)")
+        self.path = Path(tempfile.mkstemp(prefix="iotix-bench-sub-", suffix=".txt")[1])
+        self.fh = self.path.open("wb")
+        command = [exe, "-h", host, "-p", str(port), "-q", str(qos), "-F", fmt]
+        for topic in topics:
+            command += ["-t", topic]
+        self.proc = subprocess.Popen(command, stdout=self.fh, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # subscribed before the first message is due
+
+    def stop(self) -> None:
+        """Stop after the last messages in flight arrived (1 s)."""
+        time.sleep(1.0)
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.fh.close()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

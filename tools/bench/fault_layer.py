@@ -47,12 +47,9 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "libraries"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds, launch_all, rss_bytes, run_child_script  # noqa: E402
+from common import MosquittoSub, cpu_seconds, launch_all, rss_bytes, run_child_script  # noqa: E402
 from mqtt_fleet import bench_model, per_1k  # noqa: E402
 
 Json = dict[str, Any]
@@ -82,33 +79,18 @@ ID_SEQ_RE = re.compile(rb'"deviceId":"[^"]*","seq":\d+')
 # -- receivers (parent process) ---------------------------------------------------------------------------
 
 
-class TimedSubscriber:
+class TimedSubscriber(MosquittoSub):
     """An independent ``mosquitto_sub`` writing one line per message, starting with its receive time (%U)."""
 
     def __init__(self, host: str, port: int, topics: list[str], fmt: str) -> None:
-        exe = shutil.which("mosquitto_sub")
-        if exe is None:
-            raise SystemExit("mosquitto_sub is needed (apt-get install mosquitto-clients)")
-        self.path = Path(tempfile.mkstemp(prefix="iotix-bench-fault-", suffix=".txt")[1])
-        self.fh = self.path.open("wb")
-        command = [exe, "-h", host, "-p", str(port), "-q", "0", "-F", fmt]
-        for topic in topics:
-            command += ["-t", topic]
-        self.proc = subprocess.Popen(command, stdout=self.fh, stderr=subprocess.DEVNULL)
+        super().__init__(host, port, topics, qos=0, fmt=fmt)
         self.lines: list[bytes] = []
 
     def stop(self) -> None:
         """Stop after the last messages in flight arrived; keep the lines."""
-        time.sleep(1.0)
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.fh.close()
+        super().stop()
         self.lines = self.path.read_bytes().splitlines()
-        self.path.unlink(missing_ok=True)
+        self.remove()
 
     def _in_window(self, w0: float, w1: float) -> list[bytes]:
         out = []
@@ -260,8 +242,7 @@ def run_phase(phase: str, args: argparse.Namespace, host: str, port: int) -> Jso
             prefix = f"{phase[0]}{variant.lower()}{round_no}"
             topics = [f"bench/{prefix}-{i:05d}/telemetry" for i in range(0, devices, step)]
             counter = TimedSubscriber(host, port, ["bench/#"], "%U %t")
-            sampler = TimedSubscriber(host, port, topics, "%U %p")
-            time.sleep(0.5)  # both subscribed before the first device connects
+            sampler = TimedSubscriber(host, port, topics, "%U %p")  # each waits until it subscribed
             try:
                 run = run_child(
                     {

@@ -30,10 +30,7 @@ import asyncio
 import json
 import os
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -51,7 +48,7 @@ from iotix.runtime import get_runtime  # noqa: E402
 from iotix.services import start_local_broker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_seconds, mqtt_model, rss_bytes  # noqa: E402
+from common import MosquittoSub, cpu_seconds, mqtt_model, rss_bytes  # noqa: E402
 
 FLEET = "outage"
 TOPIC = "outage/+/telemetry"
@@ -64,28 +61,15 @@ def bench_model(interval_ms: int) -> dict[str, Any]:
     return mqtt_model("bench-outage", "outage", qos=1, interval_ms=interval_ms)
 
 
-class Subscriber:
+class Subscriber(MosquittoSub):
     """An independent ``mosquitto_sub`` at QoS 1 writing every payload (one JSON envelope a line) to a file."""
 
     def __init__(self, host: str, port: int, topic: str) -> None:
-        exe = shutil.which("mosquitto_sub")
-        if exe is None:
-            raise SystemExit("mosquitto_sub is needed (apt-get install mosquitto-clients)")
-        self.path = Path(tempfile.mkstemp(prefix="iotix-bench-outage-", suffix=".txt")[1])
-        self.fh = self.path.open("wb")
-        self.proc = subprocess.Popen(
-            [exe, "-h", host, "-p", str(port), "-t", topic, "-q", "1", "-F", "%p"],
-            stdout=self.fh,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
+        super().__init__(host, port, [topic], qos=1, fmt="%p")
 
     def close(self) -> dict[str, Counter[int]]:
         """Stop it; per device the distinct sequence numbers seen, and how often each one came."""
-        time.sleep(1.0)
-        self.proc.terminate()
-        self.proc.wait(5)
-        self.fh.close()
+        self.stop()
         seen: dict[str, Counter[int]] = {}
         with self.path.open("rb") as fh:
             for line in fh:
@@ -94,7 +78,7 @@ class Subscriber:
                 except ValueError:
                     continue
                 seen.setdefault(env["deviceId"], Counter())[env["seq"]] += 1
-        self.path.unlink()
+        self.remove()
         return seen
 
 

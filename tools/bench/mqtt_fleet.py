@@ -23,10 +23,7 @@ import asyncio
 import json
 import os
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,40 +36,27 @@ from iotix.runtime import get_runtime  # noqa: E402
 from iotix.services import start_local_broker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_seconds, launch_all, mqtt_model, rss_bytes  # noqa: E402
+from common import MosquittoSub, cpu_seconds, launch_all, mqtt_model, rss_bytes  # noqa: E402
 
 
 def bench_model(interval_ms: int) -> dict:
     return mqtt_model("bench-env", "bench", qos=0, interval_ms=interval_ms)
 
 
-class Subscriber:
-    """An independent ``mosquitto_sub`` writing one line per message to a file."""
+class Subscriber(MosquittoSub):
+    """Counts the messages the broker delivered on ``topic`` (QoS 0)."""
 
     def __init__(self, host: str, port: int, topic: str) -> None:
-        exe = shutil.which("mosquitto_sub")
-        if exe is None:
-            raise SystemExit("mosquitto_sub is needed (apt-get install mosquitto-clients)")
-        self.path = Path(tempfile.mkstemp(prefix="iotix-bench-sub-", suffix=".txt")[1])
-        self.fh = self.path.open("wb")
-        self.proc = subprocess.Popen(
-            [exe, "-h", host, "-p", str(port), "-t", topic, "-q", "0", "-F", "%t"],
-            stdout=self.fh,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
+        super().__init__(host, port, [topic], qos=0, fmt="%t")
 
     def count(self) -> int:
         with self.path.open("rb") as fh:
             return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
     def close(self) -> int:
-        time.sleep(1.0)
-        self.proc.terminate()
-        self.proc.wait(5)
-        self.fh.close()
+        self.stop()
         n = self.count()
-        self.path.unlink()
+        self.remove()
         return n
 
 
