@@ -39,7 +39,7 @@ from iotix.fleet.timeline import (
 )
 from iotix.generate import DeviceValues
 from iotix.model.types import CommandSpec, DeviceModel, is_firmware_update
-from iotix.observe.histogram import Histogram
+from iotix.observe.histogram import LatencyRecorder
 from iotix.transport import Credentials, TransportError, TransportSpec, create_transport
 from iotix.transport.backoff import full_jitter
 from iotix.transport.tls import FleetTls
@@ -196,7 +196,9 @@ class Fleet:
             )
             for b in model.behaviors
         ]
-        self.lateness = Histogram()
+        self.lateness = LatencyRecorder()  # send lateness against each device's schedule
+        self.devices_dropped = 0  # devices switched off by dropouts (Drop Devices, Start Dropout)
+        self.devices_restored = 0  # of those, brought back
         self.errors: list[str] = []
         self.state = "created"
         self.launch_task: asyncio.Task[None] | None = None
@@ -332,7 +334,7 @@ class Fleet:
             interval = device.interval_override_s
         state = device.state
         if state is _RUNNING or state is _RECONNECTING or state is _ERROR:
-            self.lateness.record(now - due)
+            self.lateness.record_corrected(now - due, interval)
             values = device.values.sample(names, due - device.started_at)
             if self.behaviors:
                 self._run_behaviors(device, values)
@@ -606,12 +608,14 @@ class Fleet:
         device.forget_schedule()
         self.transport.drop(device)
         device.disconnects += 1
+        self.devices_dropped += 1
         return True
 
     def restore_device(self, device: Device) -> bool:
         if device.state is not DeviceState.DROPPED:
             return False
         self.bring_up(device, reconnect=True)
+        self.devices_restored += 1
         return True
 
     # -- dropouts -----------------------------------------------------------------------------------------

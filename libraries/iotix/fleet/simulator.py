@@ -17,6 +17,7 @@ from iotix.fleet.network import Network
 from iotix.fleet.scheduler import DEFAULT_TICK_S, Scheduler
 from iotix.fleet.setup import FleetSetup
 from iotix.model.types import DeviceModel
+from iotix.observe.series import MetricsHub
 
 log = logging.getLogger("iotix.simulator")
 PERIODIC_S = 0.1
@@ -31,6 +32,8 @@ class Simulator:
         self.fleets: dict[str, Fleet] = {}
         #: network faults of the fleets and the standalone fault proxies
         self.network = Network(self)
+        #: per-second time series of every fleet, their sinks (exports) and the published snapshot
+        self.metrics = MetricsHub(loop)
         self._periodic: asyncio.Task[None] | None = None
 
     def _ensure_periodic(self) -> None:
@@ -84,6 +87,7 @@ class Simulator:
         pending = sum(f.transport.descriptors() for f in self.fleets.values() if f.state == "created")
         check_descriptors(name, len(fleet.devices), fleet.transport.descriptors(), pending)
         self.fleets[name] = fleet
+        self.metrics.track(fleet)
         self._ensure_periodic()
         return fleet
 
@@ -155,6 +159,7 @@ class Simulator:
     async def delete_fleet(self, name: str) -> None:
         fleet = self.fleet(name)
         await fleet.delete()
+        self.metrics.untrack(name)
         del self.fleets[name]
 
     async def shutdown(self) -> None:
@@ -162,6 +167,7 @@ class Simulator:
             with contextlib.suppress(Exception):
                 await fleet.delete()
         self.fleets.clear()
+        self.metrics.close()
         self.network.close()
         self.scheduler.clear()
         if self._periodic is not None:

@@ -8,11 +8,12 @@ compares what arrived with what each device says it sent.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotix.observe.histogram import Histogram
+from iotix.observe.histogram import Histogram, LatencyRecorder
 
 
 class DeviceTrack:
@@ -20,7 +21,7 @@ class DeviceTrack:
 
     __slots__ = ("duplicates", "first_seq", "highest_seq", "latency", "out_of_order", "received", "seen")
 
-    def __init__(self, latency: Histogram) -> None:
+    def __init__(self, latency: LatencyRecorder) -> None:
         self.latency = latency  # shared by the devices of one group (fleet)
         self.received = 0
         self.duplicates = 0
@@ -167,6 +168,18 @@ class TelemetryReport:
         }
 
 
+_TRACKERS: weakref.WeakSet[TelemetryTracker] = weakref.WeakSet()
+
+
+def live_trackers() -> list[TelemetryTracker]:
+    """Every tracker alive in the process (the metrics hub takes each fleet's end-to-end latencies from them)."""
+    while True:
+        try:
+            return list(_TRACKERS)
+        except RuntimeError:  # the set changed while it was copied (a tracker made on another thread)
+            continue
+
+
 class TelemetryTracker:
     """Feeds on received envelopes; thread-confined to whoever feeds it (the runtime loop).
 
@@ -180,9 +193,10 @@ class TelemetryTracker:
         self.created_at = time.time()
         self.devices: dict[str, DeviceTrack] = {}
         self.group_of = group_of
-        self.groups: dict[str | None, Histogram] = {}
+        self.groups: dict[str | None, LatencyRecorder] = {}
         self.invalid = 0
         self.total = 0
+        _TRACKERS.add(self)
 
     @property
     def latency(self) -> Histogram:
@@ -202,7 +216,7 @@ class TelemetryTracker:
         group = self.group_of(device_id) if self.group_of is not None else None
         hist = self.groups.get(group)
         if hist is None:
-            hist = self.groups[group] = Histogram()
+            hist = self.groups[group] = LatencyRecorder()
         track = self.devices[device_id] = DeviceTrack(hist)
         return track
 

@@ -63,7 +63,7 @@ from typing import Any
 
 from iotix.behavior import Template, compile_template
 from iotix.fault.datagram import DatagramTap
-from iotix.observe.histogram import Histogram
+from iotix.observe.histogram import LatencyRecorder
 from iotix.transport.base import Link, Outcomes, TransportError, TransportSpec
 from iotix.transport.coap_base import CoapTransport, enlarge_receive_buffer, resolve_host
 from iotix.transport.coap_codec import (
@@ -296,7 +296,7 @@ class CoapClientTransport(CoapTransport):
         self.retransmissions = 0
         self.events_sent = 0  # behaviors' events (not telemetry): answered 2.xx, or sent NON
         self.events_failed = 0
-        self.latency = Histogram()  # request latency (first transmission -> response) of CON requests
+        self.latency = LatencyRecorder()  # request latency (first transmission -> response) of CON requests
         self._code = METHOD_CODES[self.method]
         self._addr: tuple[int, tuple[Any, ...]] | None = None
         self._endpoint: ClientEndpoint | None = None

@@ -64,7 +64,7 @@ from yarl import URL
 from iotix.behavior import compile_template, format_embedded
 from iotix.errors import ConfigurationError
 from iotix.fault.proxy import UpstreamProxies
-from iotix.observe.histogram import Histogram
+from iotix.observe.histogram import LatencyRecorder
 from iotix.transport.base import Link, Outcomes, Transport, TransportError, TransportSpec
 from iotix.transport.tls import ClientTls, FleetTls
 
@@ -299,7 +299,7 @@ class HttpTransportBase(Transport):
         self.max_connections: int = int(conn.get("maxConnections", 100))
         self.backlog_limit = self.max_connections * BACKLOG_PER_CONNECTION
         self.health_interval_s = health_interval_s
-        self.latency = Histogram()
+        self.latency = LatencyRecorder()
         self.heartbeats_sent = 0
         self.heartbeats_failed = 0
         self.events_sent = 0

@@ -485,7 +485,7 @@ class KafkaTransport(Transport):
 
     def __init__(self, spec: TransportSpec, links: Sequence[Link], outcomes: Outcomes) -> None:
         super().__init__(spec, links, outcomes)
-        from iotix.observe.histogram import Histogram
+        from iotix.observe.histogram import LatencyRecorder
 
         settings, size = _settings(spec)
         if size < 1:
@@ -497,7 +497,7 @@ class KafkaTransport(Transport):
         if spec.faults is not None:  # its own pool: the faults of one fleet must not act on another's messages
             self.key = (*self.key, ("faults", id(spec.faults)))
         self._topic = compile_template(str(spec.connection["topic"]))
-        self.latency = Histogram()
+        self.latency = LatencyRecorder()
         self.pool: ProducerPool | None = None
         self.events_sent = 0  # behaviors' events to their own topics (not telemetry)
         self.events_failed = 0
