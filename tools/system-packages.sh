@@ -11,6 +11,10 @@
 #   test        mosquitto_sub/pub  mosquitto-clients: an MQTT client independent of IoTix that checks what
 #                                  fleets publish
 #   test        coap-client-notls  libcoap3-bin: a CoAP client independent of IoTix that checks CoAP devices
+#   demo, test  victoria-metrics   victoria-metrics: the local time-series store (InfluxDB write API, PromQL)
+#                                  of Start Local Metrics Store, which metrics exports are checked against
+#   test        prometheus         prometheus: a real Prometheus that scrapes Start Metrics Endpoint
+#   test        chromium           chromium: a headless browser that loads the live dashboard and the Robot log
 #   demo, test  PYTHON -m venv     python3-venv: only until VENV exists
 #   make        make               make
 #
@@ -30,9 +34,10 @@ VENV="${VENV:-.venv}"
 SBIN_PATH="${IOTIX_SBIN_PATH-/usr/local/sbin:/usr/sbin:/sbin}"
 
 case "$target" in
-  demo) needs="mosquitto:mosquitto python" label="make demo" ;;
+  demo) needs="mosquitto:mosquitto victoria-metrics:victoria-metrics python" label="make demo" ;;
   test) needs="mosquitto:mosquitto mosquitto_passwd:mosquitto mosquitto_sub:mosquitto-clients
-               mosquitto_pub:mosquitto-clients coap-client-notls:libcoap3-bin python" label="make test" ;;
+               mosquitto_pub:mosquitto-clients coap-client-notls:libcoap3-bin victoria-metrics:victoria-metrics
+               prometheus:prometheus chromium:chromium python" label="make test" ;;
   make) needs="make:make" label="make test" ;;
   *)
     echo "usage: $0 demo|test|make (the make target whose system packages to check)" >&2
@@ -45,6 +50,9 @@ why() {
     mosquitto) echo "the local MQTT broker of the demo and the tests, and the only one that does mutual TLS" ;;
     mosquitto-clients) echo "an MQTT client independent of IoTix that checks what fleets publish" ;;
     libcoap3-bin) echo "a CoAP client independent of IoTix that checks CoAP devices" ;;
+    victoria-metrics) echo "the local time-series store that metrics exports are written to and read back from" ;;
+    prometheus) echo "a real Prometheus that scrapes the metrics endpoint of the tests" ;;
+    chromium) echo "a headless browser that loads the live dashboard in the tests" ;;
     python3) echo "Python 3.10 or newer, for the venv" ;;
     python3-venv) echo "'$PYTHON -m venv' creates $VENV (it needs the venv and ensurepip modules)" ;;
     make) echo "runs the Makefile" ;;

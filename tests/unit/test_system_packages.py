@@ -17,7 +17,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "system-packages.sh"
 BASH = shutil.which("bash") or "/bin/bash"
-TEST_PROGRAMS = ("mosquitto", "mosquitto_passwd", "mosquitto_sub", "mosquitto_pub", "coap-client-notls")
+TEST_PROGRAMS = (
+    "mosquitto",
+    "mosquitto_passwd",
+    "mosquitto_sub",
+    "mosquitto_pub",
+    "victoria-metrics",
+    "prometheus",
+    "chromium",
+    "coap-client-notls",
+)
+#: The programs of the packages that the missing-package tests leave out (everything but the first three).
+METRICS_PROGRAMS = ("victoria-metrics", "prometheus", "chromium")
 is_root = os.geteuid() == 0
 
 
@@ -51,7 +62,7 @@ def test_missing_programs_stop_it_with_one_message_naming_each_package_and_the_i
     tmp_path: Path,
 ) -> None:
     bin_dir = tmp_path / "bin"
-    for name in ("mosquitto_sub", "mosquitto_pub"):
+    for name in ("mosquitto_sub", "mosquitto_pub", *METRICS_PROGRAMS):
         stub(bin_dir, name)
     done = run("test", bin_dir, tmp_path, IOTIX_APT="no")
     assert done.returncode == 1 and done.stdout == ""
@@ -69,13 +80,14 @@ def test_missing_programs_stop_it_with_one_message_naming_each_package_and_the_i
     assert done.stderr.count("cannot run") == 1
 
 
-def test_the_demo_needs_only_the_broker(tmp_path: Path) -> None:
+def test_the_demo_needs_only_the_broker_and_the_metrics_store(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     stub(bin_dir, "coap-client-notls")
+    stub(bin_dir, "chromium")
     done = run("demo", bin_dir, tmp_path, IOTIX_APT="no")
     assert done.returncode == 1
-    assert done.stderr.startswith("make demo cannot run: 1 system package(s) missing")
-    assert done.stderr.rstrip().splitlines()[-2].endswith("--no-install-recommends mosquitto")
+    assert done.stderr.startswith("make demo cannot run: 2 system package(s) missing")
+    assert done.stderr.rstrip().splitlines()[-2].endswith("--no-install-recommends mosquitto victoria-metrics")
 
 
 def test_a_daemon_in_an_sbin_folder_counts_as_there(tmp_path: Path) -> None:
@@ -122,13 +134,9 @@ def test_as_root_it_installs_the_missing_packages_with_apt_get(tmp_path: Path) -
     )
     done = run("test", bin_dir, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert calls.read_text().splitlines() == [
-        "update -qq",
-        "install -y -qq --no-install-recommends mosquitto mosquitto-clients libcoap3-bin",
-    ]
-    assert done.stderr == (
-        "make test: installing the missing system packages with apt-get: mosquitto mosquitto-clients libcoap3-bin\n"
-    )
+    packages = "mosquitto mosquitto-clients libcoap3-bin victoria-metrics prometheus chromium"
+    assert calls.read_text().splitlines() == ["update -qq", f"install -y -qq --no-install-recommends {packages}"]
+    assert done.stderr == f"make test: installing the missing system packages with apt-get: {packages}\n"
 
 
 @pytest.mark.skipif(not is_root, reason="installing with apt-get is what the script does as root only")

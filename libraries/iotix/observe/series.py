@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections import Counter, deque
@@ -107,6 +108,7 @@ class FleetSeries:
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self._faults_seen: dict[str, str] = {}
         self._was_active = False
+        self._partial = True
         self.last_faults: list[dict[str, Any]] = []
 
     def labels(self) -> dict[str, str]:
@@ -121,6 +123,7 @@ class FleetSeries:
             return False
         active = fleet.state in ("starting", "running")
         due = active or self._was_active
+        self._partial = not self._was_active  # the fleet started during this second
         self._was_active = active
         return due
 
@@ -157,6 +160,7 @@ class FleetSeries:
             self._hists.append((ts, encoded))
         row = (
             ts,
+            self._partial,
             *deltas,
             *gauges,
             reasons,
@@ -216,6 +220,16 @@ class FleetSeries:
                 self._events.append({"ts": ts, "kind": "fault_end", "text": f"{text} ended"})
         self._faults_seen = current
 
+    def settle(self) -> dict[str, Any] | None:
+        """A fleet that stopped since the last round gets its last row now (so that the rows add up to its
+        counters at once); no later round adds one. Returns the row, or None when nothing was due."""
+        fleet = self.fleet
+        if fleet is None or not self._was_active or fleet.state in ("starting", "running"):
+            return None
+        self._was_active = False
+        self._partial = True  # the fleet stopped during this second
+        return self.sample(float(math.ceil(time.time())))
+
     def detach(self) -> None:
         """The fleet is deleted: keep the series, forget the fleet."""
         self.fleet = None
@@ -229,8 +243,13 @@ class FleetSeries:
 
     def _as_dict(self, row: tuple[Any, ...]) -> dict[str, Any]:
         ts = row[0]
-        out: dict[str, Any] = {"time": iso(ts), "ts": ts, "elapsed": round(ts - (self.started_at or ts), 3)}
-        i = 1
+        out: dict[str, Any] = {
+            "time": iso(ts),
+            "ts": ts,
+            "elapsed": round(ts - (self.started_at or ts), 3),
+            "partial": row[1],
+        }
+        i = 2
         for key in COUNTERS:
             out[key] = row[i]
             i += 1
@@ -329,15 +348,20 @@ class MetricsHub:
         series = self.series.pop(name, None)
         if series is None:
             return
-        if series.due():  # it ran until now: its last second
-            self._sample_one(series, time.time())
+        row = series.settle()  # it ran until now: its last second
+        if row is not None:
+            self._hand_to_sinks([(series, row)])
         series.detach()
         self.deleted.append(series)
 
     def find(self, name: str) -> FleetSeries | None:
-        """The series of fleet ``name``: the live fleet's, else the last deleted one of that name."""
+        """The series of fleet ``name``: the live fleet's (settled: a stopped fleet has its last row), else the
+        last deleted one of that name."""
         series = self.series.get(name)
         if series is not None:
+            row = series.settle()
+            if row is not None:
+                self._hand_to_sinks([(series, row)])
             return series
         for old in reversed(self.deleted):
             if old.name == name:
@@ -381,20 +405,14 @@ class MetricsHub:
             if series.due():
                 pairs.append((series, series.sample(ts)))
         self._publish()
-        for sink in list(self.sinks):
-            try:
-                sink(pairs)
-            except Exception:
-                self.sink_errors += 1
-                log.exception("a metrics sink failed")
+        self._hand_to_sinks(pairs)
         self._progress(ts)
         return pairs
 
-    def _sample_one(self, series: FleetSeries, ts: float) -> None:
-        row = series.sample(ts)
+    def _hand_to_sinks(self, pairs: list[tuple[FleetSeries, dict[str, Any]]]) -> None:
         for sink in list(self.sinks):
             try:
-                sink([(series, row)])
+                sink(pairs)
             except Exception:
                 self.sink_errors += 1
                 log.exception("a metrics sink failed")
@@ -418,6 +436,8 @@ class MetricsHub:
     def _progress(self, ts: float) -> None:
         if self.progress_interval_s <= 0 or self.progress_writer is None:
             return
+        if not self._progress_last:  # the first round: the first lines come one interval later
+            self._progress_last = ts
         if ts - self._progress_last < self.progress_interval_s:
             return
         self._progress_last = ts
