@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,6 +44,10 @@ class Context:
         #: every receiver of telemetry (MQTT subscriptions, CoAP server and observations, backends, Kafka)
         self.receivers = Receivers()
         self._states: dict[type[Any], Any] = {}
+        #: suite and test now running (labels of exported figures)
+        self.labels: dict[str, str] = {}
+        #: console progress interval set by the Metrics library's import (None: IOTIX_PROGRESS or 10 s)
+        self.progress_s: float | None = None
 
     def state(self, cls: type[T]) -> T:
         """The process-wide state of type ``cls`` (local servers, connections by alias), made on first use.
@@ -68,8 +73,25 @@ class Context:
     def simulator(self) -> Simulator:
         if self._simulator is None:
             rt = self.runtime
-            self._simulator = rt.call(lambda: Simulator(rt.loop))
+            sim = rt.call(lambda: Simulator(rt.loop))
+            hub = sim.metrics
+            hub.progress_interval_s = self.progress_s if self.progress_s is not None else progress_default()
+            hub.progress_writer = logger.console
+            hub.labels = dict(self.labels)
+            self._simulator = sim
         return self._simulator
+
+    def set_progress(self, interval_s: float) -> None:
+        """Console progress lines every ``interval_s`` seconds (0: none), now and for a simulator made later."""
+        self.progress_s = interval_s
+        if self._simulator is not None:
+            self._simulator.metrics.progress_interval_s = interval_s
+
+    def set_test(self, suite: str, test: str) -> None:
+        """The suite and test now running: labels of exported figures (replaced as a whole: read on the loop)."""
+        self.labels = {"suite": suite, "test": test} if test else {"suite": suite}
+        if self._simulator is not None:
+            self._simulator.metrics.labels = dict(self.labels)
 
     async def _shutdown(self) -> None:
         if self._simulator is not None:
@@ -106,6 +128,20 @@ class Context:
                 logger.info(f"Cleaned up {what} created by suite '{suite}'.")
             except Exception as err:
                 logger.warn(f"Cleaning up {what} after suite '{suite}' failed: {err}")
+
+
+#: Console progress lines every this many seconds unless IOTIX_PROGRESS says otherwise (0: off).
+PROGRESS_DEFAULT_S = 10.0
+
+
+def progress_default() -> float:
+    """The console progress interval: ``IOTIX_PROGRESS`` (seconds, 0 = off) or :data:`PROGRESS_DEFAULT_S`."""
+    value = os.environ.get("IOTIX_PROGRESS", "").strip()
+    try:
+        return max(0.0, float(value)) if value else PROGRESS_DEFAULT_S
+    except ValueError:
+        logging.getLogger("iotix").warning("IOTIX_PROGRESS=%r is not a number of seconds; using 10", value)
+        return PROGRESS_DEFAULT_S
 
 
 def current_suite() -> str:
@@ -147,9 +183,22 @@ def get_context() -> Context:
 
 
 class SuiteCleanupListener:
-    """Library listener (API v3): stops what a suite created when that suite ends."""
+    """Library listener (API v3): stops what a suite created when that suite ends; tells the context which
+    suite and test run (labels of exported figures)."""
 
     ROBOT_LISTENER_API_VERSION = 3
+
+    def start_suite(self, data: Any, result: Any) -> None:
+        get_context().set_test(str(getattr(data, "full_name", "") or getattr(data, "longname", "")), "")
+
+    def start_test(self, data: Any, result: Any) -> None:
+        parent = getattr(data, "parent", None)
+        suite = getattr(parent, "full_name", "") or getattr(parent, "longname", "")
+        get_context().set_test(str(suite), str(data.name))
+
+    def end_test(self, data: Any, result: Any) -> None:
+        parent = getattr(data, "parent", None)
+        get_context().set_test(str(getattr(parent, "full_name", "") or getattr(parent, "longname", "")), "")
 
     def end_suite(self, data: Any, result: Any) -> None:
         name = getattr(data, "full_name", None) or getattr(data, "longname", "")

@@ -6,7 +6,7 @@ import asyncio
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from robot.api import logger
 from robot.api.deco import keyword
@@ -20,6 +20,10 @@ from iotix.observe.receivers import Source
 
 if TYPE_CHECKING:
     from iotix.fleet.fleet import Fleet
+
+#: The latency kinds of a fleet (see Latency Should Be Below).
+LatencyKind = Literal["e2e", "request", "lateness"]
+LATENCY_KINDS = ("e2e", "request", "lateness")
 
 
 async def latency_when_arrived(fleet: Fleet, source: Source, percentile: float, timeout: float) -> float | None:
@@ -80,6 +84,27 @@ class ReportKeywords(LibraryComponent):
         return self._report(fleet, source, timeout)
 
     @keyword
+    def loss_should_be_below(
+        self, fleet: str, limit: float, source: str = "", timeout: timedelta | None = None
+    ) -> float:
+        """Fails when ``limit`` percent or more of the messages ``fleet`` sent did not arrive at receiver
+        ``source`` (as in `Get Telemetry Report`: sequence gaps, after waiting up to ``timeout`` for messages
+        still on their way). Returns the loss in percent.
+
+        | Loss Should Be Below    env    0.1
+        | Loss Should Be Below    env    5    source=alerts    timeout=10s
+        """
+        report = self._report(fleet, source, timeout)
+        pct = float(report["lossPercent"])
+        src = pick_source(self.context, source, self.fleet(fleet)).name
+        silent = f"; {report['silentDevices']:,} devices silent" if report["silentDevices"] else ""
+        detail = f"{report['lost']:,} of {report['expected']:,} messages lost at '{src}'{silent}"
+        logger.info(f"Fleet '{fleet}': loss {pct:.3f} % ({detail}).")
+        if pct >= limit:
+            raise AssertionError(f"Fleet '{fleet}': loss {pct:.3f} % ({detail}), not below {limit:g} %.")
+        return pct
+
+    @keyword
     def latency_should_be_below(
         self,
         fleet: str,
@@ -87,26 +112,51 @@ class ReportKeywords(LibraryComponent):
         percentile: float = 99.0,
         source: str = "",
         timeout: timedelta | None = None,
+        window: timedelta | None = None,
+        kind: LatencyKind = "e2e",
     ) -> float:
-        """Fails when the ``percentile`` end-to-end latency of ``fleet``'s telemetry is ``limit`` or more.
+        """Fails when the ``percentile`` latency of ``fleet`` is ``limit`` or more. Returns it in milliseconds.
 
-        Returns the measured value in milliseconds. The latency is that of the messages of the fleet that
-        arrived at receiver ``source`` (as in `Get Telemetry Report`).
+        ``kind``: ``e2e`` (default) is the end-to-end latency of the fleet's telemetry at receiver ``source``
+        (as in `Get Telemetry Report`); ``request`` the request/acknowledgement latency of HTTP, CoAP CON and
+        Kafka fleets; ``lateness`` how late sends ran against each device's schedule (corrected for
+        coordinated omission).
 
-        First the keyword waits, up to ``timeout`` (default: the library's ``timeout``), until every message
-        the fleet had sent when it started has arrived and at least one has: the slowest messages are the
-        last to arrive, and judging without them would flatter the latency. Then it judges what arrived
-        (also when the wait ran out: lost messages have no latency). It fails at once when nothing has
-        arrived and the fleet is not running, and after ``timeout`` when still nothing has arrived.
-        ``timeout=0s`` judges what has arrived at once.
+        ``window``: judge only the latencies of the last ``window`` (complete seconds of `Get Fleet Time
+        Series`, at most 15 minutes), for instance the recovery after a fault. Without it, every latency so far.
+
+        Without ``window``, an ``e2e`` check first waits, up to ``timeout`` (default: the library's
+        ``timeout``), until every message the fleet had sent when it started has arrived and at least one
+        has: the slowest messages are the last to arrive, and judging without them would flatter the latency.
+        Then it judges what arrived (also when the wait ran out: lost messages have no latency). It fails at
+        once when nothing has arrived and the fleet is not running, and after ``timeout`` when still nothing
+        has arrived. ``timeout=0s`` judges what has arrived at once.
 
         | Latency Should Be Below    env    200ms    percentile=99
         | Latency Should Be Below    env    1s    percentile=50    timeout=20s
+        | Latency Should Be Below    env    300ms    window=30s
+        | Latency Should Be Below    api    500ms    kind=request    window=1min
         """
-        f = self.fleet(fleet)
-        src = pick_source(self.context, source, f)
         if not 0 < percentile <= 100:
             raise KeywordError(f"percentile must be in (0, 100], got {percentile}.")
+        if kind not in LATENCY_KINDS:
+            raise KeywordError(f"kind must be one of {', '.join(LATENCY_KINDS)}, got '{kind}'.")
+        limit_ms = seconds(limit) * 1000
+        if kind == "e2e" and window is None:
+            value, where = self._arrived_latency(fleet, percentile, source, timeout)
+        else:
+            value, where = self._series_latency(fleet, percentile, kind, window)
+        ms = value * 1000
+        logger.info(f"Fleet '{fleet}': p{percentile:g} {where} {ms:.1f} ms (limit {limit_ms:g} ms).")
+        if ms >= limit_ms:
+            raise AssertionError(f"Fleet '{fleet}': p{percentile:g} {where} is {ms:.1f} ms, not below {limit_ms:g} ms.")
+        return ms
+
+    def _arrived_latency(
+        self, fleet: str, percentile: float, source: str, timeout: timedelta | None
+    ) -> tuple[float, str]:
+        f = self.fleet(fleet)
+        src = pick_source(self.context, source, f)
         wait = self.timeout_or_default(timeout)
         value = self.call_wait(latency_when_arrived, f, src, percentile, wait, limit=wait)
         if value is None:
@@ -115,15 +165,27 @@ class ReportKeywords(LibraryComponent):
             raise AssertionError(
                 f"No telemetry from fleet '{fleet}' arrived at '{src.name}'{within}: no latency to check."
             )
-        ms = value * 1000
-        limit_ms = seconds(limit) * 1000
-        logger.info(f"Fleet '{fleet}': p{percentile:g} latency {ms:.1f} ms (limit {limit_ms:g} ms).")
-        if ms >= limit_ms:
-            raise AssertionError(
-                f"Fleet '{fleet}': p{percentile:g} latency is {ms:.1f} ms, not below "
-                f"{limit_ms:g} ms [receiver '{src.name}']."
-            )
-        return ms
+        return value, f"end-to-end latency [receiver '{src.name}']"
+
+    def _series_latency(self, fleet: str, percentile: float, kind: str, window: timedelta | None) -> tuple[float, str]:
+        hub = self.simulator.metrics
+        window_s = None if window is None else seconds(window)
+
+        def look() -> tuple[float | None, int]:
+            series = hub.find(fleet)
+            if series is None:
+                self.fleet(fleet)  # fails naming the fleets when there is no such fleet
+                return None, 0
+            hist = series.latency_total(kind) if window_s is None else series.latency_window(kind, window_s)
+            return hist.percentile(percentile), hist.count
+
+        value, count = self.call(look)
+        what = {"e2e": "end-to-end latency", "request": "request latency", "lateness": "send lateness"}[kind]
+        span = "so far" if window_s is None else f"over the last {window_s:g} s"
+        if value is None:
+            hint = " (is a receiver tracking the fleet?)" if kind == "e2e" else ""
+            raise AssertionError(f"Fleet '{fleet}' has no {what} {span}{hint}: nothing to check.")
+        return value, f"{what} {span} ({count:,} samples)"
 
     @keyword
     def export_telemetry_report(

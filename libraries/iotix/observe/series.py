@@ -39,7 +39,7 @@ WINDOW_S = 3600
 #: Seconds of interval histograms kept per fleet (latency over a window).
 HISTOGRAM_WINDOW_S = 900
 #: Deleted fleets whose series are kept (for reports and charts after the fleet is gone).
-DELETED_KEPT = 50
+DELETED_KEPT = 200
 #: Events (dropouts, faults) kept per fleet.
 EVENTS_KEPT = 1000
 
