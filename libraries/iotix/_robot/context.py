@@ -70,6 +70,11 @@ class Context:
         return self._runtime
 
     @property
+    def has_simulator(self) -> bool:
+        """Whether something already created the simulator (and the runtime): listeners look, never start it."""
+        return self._simulator is not None
+
+    @property
     def simulator(self) -> Simulator:
         if self._simulator is None:
             rt = self.runtime
