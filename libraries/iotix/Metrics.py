@@ -7,11 +7,13 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from robot.api import logger
+
 from iotix import __version__
 from iotix._robot.chart_keywords import ChartKeywords
 from iotix._robot.context import SuiteCleanupListener
 from iotix._robot.convert import seconds
-from iotix._robot.export_keywords import ExportKeywords
+from iotix._robot.export_keywords import ExportKeywords, export_problems
 from iotix._robot.library import IoTixLibrary
 from iotix._robot.live_keywords import LiveKeywords
 from iotix._robot.report_keywords import ReportKeywords
@@ -108,3 +110,12 @@ class Metrics(IoTixLibrary):
             self.context.set_progress(interval)
         if charts:
             self.ROBOT_LIBRARY_LISTENER = [SuiteCleanupListener(), _ChartsAfterEachTest(charts_component)]
+
+    def run_keyword(self, name: str, args: list[Any], kwargs: dict[str, Any] | None = None) -> Any:
+        """Run a keyword, then warn about points the metrics export dropped or failed to write since the last
+        Metrics keyword (a store that is down never fails a keyword; it is reported here)."""
+        try:
+            return super().run_keyword(name, args, kwargs)
+        finally:
+            for problem in export_problems(self.context):
+                logger.warn(problem)

@@ -26,20 +26,31 @@ from iotix.services.process import (
     start_with_port_retry,
     stop_all,
 )
+from iotix.services.victoria import (
+    VICTORIA_INSTALL_HINT,
+    MetricsStore,
+    MetricsStoreError,
+    find_victoria_metrics,
+    start_local_metrics_store,
+)
 
 __all__ = [
     "BROKER_KINDS",
     "INSTALL_HINT",
     "LOCALHOST",
+    "VICTORIA_INSTALL_HINT",
     "IoTFlowBackend",
     "KafkaBroker",
     "ManagedProcess",
+    "MetricsStore",
+    "MetricsStoreError",
     "MqttBroker",
     "ProcessStartError",
     "amqtt_command",
     "available_broker_kinds",
     "find_mosquitto",
     "find_tansu",
+    "find_victoria_metrics",
     "group_listens_on",
     "live_processes",
     "pick_free_port",
@@ -48,6 +59,7 @@ __all__ = [
     "start_iotflow_backend",
     "start_local_broker",
     "start_local_kafka_broker",
+    "start_local_metrics_store",
     "start_with_port_retry",
     "stop_all",
 ]

@@ -34,7 +34,7 @@ The Message Rate Is Judged Over The Window
     ${fleet} =    Start Local Fleet    acceptance-sensor    count=${DEVICES}    name=rate    id_pattern=rate-{index}
     ${rate} =    Message Rate Should Be    ${fleet}    at_least=15    at_most=25    window=3s
     Should Be True    15 <= ${rate} <= 25
-    ${too_high} =    Set Variable    ${100}
+    VAR    ${too_high}    ${100}
     Run Keyword And Expect Error    Fleet 'rate': * msg/s over the last 3 s (* messages), not at least 100 msg/s.
     ...    Message Rate Should Be    ${fleet}    at_least=${too_high}    window=3s
 
