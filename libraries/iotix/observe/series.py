@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections import Counter, deque
@@ -82,6 +81,10 @@ _get_queue = attrgetter("offline_queue")
 def iso(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC with a Z."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _devices(n: int) -> str:
+    return "1 device" if n == 1 else f"{n:,} devices"
 
 
 def _lat_tuple(hist: Histogram) -> tuple[int, float, float, float, float] | None:
@@ -205,12 +208,12 @@ class FleetSeries:
         dropped = deltas[COUNTERS.index("devicesDropped")]
         restored = deltas[COUNTERS.index("devicesRestored")]
         if dropped:
-            self._events.append({"ts": ts, "kind": "dropout", "text": f"{dropped} devices dropped"})
+            self._events.append({"ts": ts, "kind": "dropout", "text": f"{_devices(dropped)} dropped"})
         if restored:
-            self._events.append({"ts": ts, "kind": "restore", "text": f"{restored} devices reconnecting"})
+            self._events.append({"ts": ts, "kind": "restore", "text": f"{_devices(restored)} reconnecting"})
         current = {}
         for entry in described:
-            who = "all devices" if entry["devices"] == "all" else f"{entry['devices']} devices"
+            who = "all devices" if entry["devices"] == "all" else _devices(entry["devices"])
             current[entry["name"]] = f"{entry['name']} ({entry['kind']}: {entry['summary']}; {who})"
         for name, text in current.items():
             if name not in self._faults_seen:
@@ -227,8 +230,8 @@ class FleetSeries:
         if fleet is None or not self._was_active or fleet.state in ("starting", "running"):
             return None
         self._was_active = False
-        self._partial = True  # the fleet stopped during this second
-        return self.sample(float(math.ceil(time.time())))
+        self._partial = True  # the fleet stopped during this second: its row ends now (never in the future)
+        return self.sample(time.time())
 
     def detach(self) -> None:
         """The fleet is deleted: keep the series, forget the fleet."""
