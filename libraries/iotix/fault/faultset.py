@@ -403,8 +403,9 @@ class FaultSet:
     # --- reporting ----------------------------------------------------------------------------------------------
 
     def backlog(self) -> int:
-        """Bytes queued in every conduit (delayed, rate-limited, held)."""
-        return sum(conduit.backlog() for conduit in self._conduits)
+        """Bytes queued in every conduit (delayed, rate-limited, held). An idle pipe holds nothing, so only the
+        others are asked (the metrics read this every second over every connection of a fleet)."""
+        return sum(c.backlog() for c in self._conduits if not (c.up.idle and c.down.idle))
 
     def describe(self) -> list[dict[str, Any]]:
         """The active faults (and the outage as ``target-down``) with their settings and what they did."""
