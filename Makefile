@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench/kafka_tls.py
 	$(BIN)/python tools/bench/fault_layer.py --rounds 2
 	$(BIN)/python tools/bench/fault_outage.py
+	$(BIN)/python tools/bench/metrics_export.py --rounds 4
 
 clean:
 	rm -rf $(VENV) results/* build *.egg-info

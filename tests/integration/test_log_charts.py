@@ -75,7 +75,7 @@ Charts And A Report
     Stop Fleet    ${fleet}
 
 Unknown Fleet
-    Run Keyword And Expect Error    No fleet named 'nope' has figures (fleets: logged).
+    Run Keyword And Expect Error    No fleet named 'nope' has figures (fleets with figures: 'logged').
     ...    Log Fleet Charts    nope
 
 Charts Of A Deleted Fleet

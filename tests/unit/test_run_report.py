@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_charts import T0, FakeFleet, sampled_series
 
-from iotix.errors import ConfigurationError
+from iotix.errors import ConfigurationError, NotFoundError
 from iotix.observe.charts import iter_svgs
 from iotix.observe.histogram import Histogram
 from iotix.observe.report import (
@@ -118,7 +118,7 @@ def test_report_data_of_every_fleet(hub: MetricsHub) -> None:
 
 def test_report_of_chosen_fleets_and_unknown_ones(hub: MetricsHub) -> None:
     assert [f["name"] for f in collect_report(hub, ["api", "old"])["fleets"]] == ["api", "old"]
-    with pytest.raises(ConfigurationError, match=r"No fleet 'nope' has figures\. Fleets with figures: 'api', "):
+    with pytest.raises(NotFoundError, match=r"No fleet named 'nope' has figures \(fleets with figures: 'api', "):
         collect_report(hub, ["nope"])
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from iotix.observe import series as series_module
 from iotix.observe.histogram import LatencyRecorder
 from iotix.observe.series import COUNTERS, FleetSeries, MetricsHub, progress_line
 from iotix.observe.tracker import TelemetryTracker
@@ -207,3 +208,64 @@ def test_progress_lines_start_one_interval_after_the_first_round() -> None:
         hub.close()
     finally:
         loop.close()
+
+
+def test_the_seconds_of_a_stopping_fleet_are_partial_on_the_clock_too() -> None:
+    fleet = fake_fleet()
+    series = FleetSeries(fleet)
+    for second in range(3):
+        series.due()
+        series.sample(float(second))
+    fleet.stopping = True  # Fleet.stop drains: state still says running
+    assert series.due()
+    series.sample(3.0)
+    fleet.state, fleet.stopping = "stopped", False
+    assert series.due()  # its last second, taken by the clock rather than settle()
+    series.sample(4.0)
+    assert not series.due()
+    assert [r["partial"] for r in series.rows()] == [True, False, False, True, True]
+
+
+def test_a_late_round_never_stamps_a_second_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds are stamped with the second they were armed for; one more than a second late closes the second it
+    runs in; a second is never stamped twice (a late round then a punctual one)."""
+    loop = asyncio.new_event_loop()
+    try:
+        hub = MetricsHub(loop)
+        hub.track(fake_fleet(name="late"))
+        for armed_for, ran_at in ((10.0, 10.001), (11.0, 11.7), (12.0, 12.002), (13.0, 14.3), (14.0, 14.9)):
+            hub.close()
+            hub._next_ts = armed_for
+            monkeypatch.setattr(series_module.time, "time", lambda ran_at=ran_at: ran_at)
+            hub._tick()
+        hub.close()
+        assert [r["ts"] for r in hub.series["late"].rows()] == [10.0, 11.0, 12.0, 14.0]
+    finally:
+        loop.close()
+
+
+def test_a_deleted_fleets_latency_is_every_row_not_only_the_kept_histograms() -> None:
+    fleet = fake_fleet(devices=1)
+    series = FleetSeries(fleet, histogram_window_s=2)
+    for second in range(5):
+        series.due()
+        fleet.lateness.record(0.001 * (second + 1))
+        series.sample(float(second))
+    series.detach()
+    total = series.latency_total("lateness")
+    assert total.count == 5 and total.max == pytest.approx(0.005, rel=0.01)
+    assert series.latency_window("lateness", 10).count == 2  # what the window keeps
+
+
+def test_a_long_stall_on_a_fast_schedule_is_corrected_in_bounded_steps() -> None:
+    from iotix.observe.histogram import MAX_CORRECTIONS, Histogram
+
+    h = Histogram()
+    h.record_corrected(60.0, 0.01)  # 6,000 swallowed sends
+    assert h.count == pytest.approx(6000, rel=0.01)
+    assert h.percentile(50) == pytest.approx(30.0, rel=0.02)
+    assert h.max == pytest.approx(60.0, rel=0.01)
+    over = Histogram()
+    over.record_corrected(7200.0, 7200.0)  # above the histogram's hour: clamped, not lost
+    assert over.count == 1
+    assert MAX_CORRECTIONS == 1000

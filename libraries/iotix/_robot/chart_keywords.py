@@ -17,7 +17,6 @@ from robot.libraries.BuiltIn import BuiltIn, RobotNotRunningError
 from iotix._robot.component import LibraryComponent
 from iotix._robot.context import KeywordError
 from iotix._robot.convert import seconds
-from iotix.errors import NotFoundError
 from iotix.observe.charts import ChartData, fleet_charts_html
 from iotix.observe.report import build_report, take_snapshot_async, write_report
 
@@ -30,11 +29,7 @@ ReportFormat = Literal["html", "md", "csv", "json"]
 
 def chart_data_of(hub: MetricsHub, fleet: str, last_s: float | None) -> ChartData:
     """The chart data of ``fleet`` (a live fleet, else the last deleted one of that name). On the loop."""
-    series = hub.find(fleet)
-    if series is None:
-        known = ", ".join(sorted({s.name for s in hub.all_series()})) or "none"
-        raise NotFoundError(f"No fleet named '{fleet}' has figures (fleets: {known}).")
-    return ChartData.of(series, last_s)
+    return ChartData.of(hub.require(fleet), last_s)
 
 
 def chart_data_since(hub: MetricsHub, since_ts: float, charted: MutableMapping[FleetSeries, float]) -> list[ChartData]:

@@ -282,6 +282,7 @@ class ExportKeywords(LibraryComponent):
         hub = self.simulator.metrics
         limit = self.timeout_or_default(timeout)
         try:
+            self.call(hub.settle_all)  # fleets stopped since the last round: their last second, now
             self.call_wait(_after_next_round, hub, NEXT_ROUND_LIMIT_S, limit=NEXT_ROUND_LIMIT_S)
         finally:
             self.call(hub.remove_sink, export.sink)

@@ -14,9 +14,11 @@ from robot.api.deco import keyword
 from iotix._robot.component import LibraryComponent
 from iotix._robot.context import KeywordError
 from iotix._robot.convert import seconds
+from iotix._robot.series_keywords import window_seconds
 from iotix._robot.telemetry import collect, expected_ranges, pick_source
 from iotix._robot.types import TelemetryReport
 from iotix.observe.receivers import Source
+from iotix.observe.series import HISTOGRAM_WINDOW_S
 
 if TYPE_CHECKING:
     from iotix.fleet.fleet import Fleet
@@ -94,6 +96,8 @@ class ReportKeywords(LibraryComponent):
         | Loss Should Be Below    env    0.1
         | Loss Should Be Below    env    5    source=alerts    timeout=10s
         """
+        if limit <= 0:
+            raise KeywordError(f"limit must be above 0 %, got {limit:g}.")
         report = self._report(fleet, source, timeout)
         pct = float(report["lossPercent"])
         src = pick_source(self.context, source, self.fleet(fleet)).name
@@ -169,13 +173,10 @@ class ReportKeywords(LibraryComponent):
 
     def _series_latency(self, fleet: str, percentile: float, kind: str, window: timedelta | None) -> tuple[float, str]:
         hub = self.simulator.metrics
-        window_s = None if window is None else seconds(window)
+        window_s = None if window is None else window_seconds(window, HISTOGRAM_WINDOW_S)
 
         def look() -> tuple[float | None, int]:
-            series = hub.find(fleet)
-            if series is None:
-                self.fleet(fleet)  # fails naming the fleets when there is no such fleet
-                return None, 0
+            series = hub.require(fleet)
             hist = series.latency_total(kind) if window_s is None else series.latency_window(kind, window_s)
             return hist.percentile(percentile), hist.count
 

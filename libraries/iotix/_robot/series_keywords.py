@@ -12,12 +12,23 @@ from robot.api.deco import keyword
 from iotix._robot.component import LibraryComponent
 from iotix._robot.context import KeywordError
 from iotix._robot.convert import seconds
+from iotix.observe.series import WINDOW_S
 
 if TYPE_CHECKING:
     from iotix.observe.series import FleetSeries
 
 #: Default window of the rate assertions.
 DEFAULT_WINDOW = timedelta(seconds=10)
+
+
+def window_seconds(window: timedelta | float, most: float = WINDOW_S) -> float:
+    """A keyword's ``window`` in seconds: above 0 and at most ``most`` (what the series keeps)."""
+    value = seconds(window)
+    if not 0 < value <= most:
+        raise KeywordError(
+            f"window must be above 0 s and at most {most:g} s (what a fleet's figures keep), got {value:g} s."
+        )
+    return value
 
 
 def _fmt(value: float) -> str:
@@ -45,16 +56,7 @@ class SeriesKeywords(LibraryComponent):
 
     def series(self, fleet: str) -> FleetSeries:
         """The series of fleet ``fleet`` (also of a deleted fleet whose series is kept)."""
-        hub = self.simulator.metrics
-
-        def find() -> FleetSeries:
-            found = hub.find(fleet)
-            if found is None:
-                names = ", ".join(f"'{s.name}'" for s in hub.all_series()) or "none"
-                raise KeywordError(f"No fleet named '{fleet}' has figures (fleets with figures: {names}).")
-            return found
-
-        return self.call(find)
+        return self.call(self.simulator.metrics.require, fleet)  # type: ignore[no-any-return]
 
     @keyword
     def get_fleet_time_series(self, fleet: str, last: timedelta | None = None) -> list[dict[str, Any]]:
@@ -110,8 +112,10 @@ class SeriesKeywords(LibraryComponent):
         """
         if at_least is None and at_most is None:
             raise KeywordError("Message Rate Should Be needs at_least=, at_most= or both.")
+        if at_least is not None and at_most is not None and at_least > at_most:
+            raise KeywordError(f"at_least ({at_least:g}) must not be above at_most ({at_most:g}).")
+        window_s = window_seconds(window)
         series = self.series(fleet)
-        window_s = seconds(window)
         rows = self.call_wait(rows_for_window, series, window_s, limit=window_s + 2.0)
         if not rows:
             raise AssertionError(f"Fleet '{fleet}' has no figures yet: has it been started?")
@@ -135,8 +139,10 @@ class SeriesKeywords(LibraryComponent):
 
         | Error Rate Should Be Below    api    1    window=30s
         """
+        if limit <= 0:
+            raise KeywordError(f"limit must be above 0 %, got {limit:g}.")
+        window_s = window_seconds(window)
         series = self.series(fleet)
-        window_s = seconds(window)
         rows = self.call_wait(rows_for_window, series, window_s, limit=window_s + 2.0)
         if not rows:
             raise AssertionError(f"Fleet '{fleet}' has no figures yet: has it been started?")

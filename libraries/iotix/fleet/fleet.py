@@ -197,6 +197,7 @@ class Fleet:
             for b in model.behaviors
         ]
         self.lateness = LatencyRecorder()  # send lateness against each device's schedule
+        self.stopping = False  # Fleet.stop is draining and disconnecting (state still says what it was)
         self.devices_dropped = 0  # devices switched off by dropouts (Drop Devices, Start Dropout)
         self.devices_restored = 0  # of those, brought back
         self.errors: list[str] = []
@@ -663,6 +664,7 @@ class Fleet:
     # -- stop -------------------------------------------------------------------------------------------------
 
     async def stop(self) -> None:
+        self.stopping = True  # its seconds from now on are partial in the time series
         for task in (self.launch_task, self.dropout_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -688,6 +690,7 @@ class Fleet:
         if self.faults is not None:
             close_deferred(self.faults)  # connections a partition kept open underneath (any protocol's sockets)
         self.state = "stopped"
+        self.stopping = False
         gc.unfreeze()  # let what the fleet held be collected again
 
     async def delete(self) -> None:

@@ -166,6 +166,7 @@ class Simulator:
         for fleet in list(self.fleets.values()):
             with contextlib.suppress(Exception):
                 await fleet.delete()
+            self.metrics.untrack(fleet.name)  # its last second reaches the exports before they close
         self.fleets.clear()
         self.metrics.close()
         self.network.close()

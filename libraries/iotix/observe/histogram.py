@@ -22,6 +22,8 @@ LOWEST_US = 1
 HIGHEST_US = 3_600_000_000  # one hour
 SIGNIFICANT_DIGITS = 2
 PERCENTILES = (50.0, 90.0, 99.0)
+#: The most samples one corrected recording adds for a stall (see Histogram.record_corrected).
+MAX_CORRECTIONS = 1000
 
 
 class Histogram:
@@ -39,13 +41,25 @@ class Histogram:
         self._h.record_value(0 if us < 0 else us if us < HIGHEST_US else HIGHEST_US)
 
     def record_corrected(self, seconds: float, expected_interval_s: float) -> None:
-        """Record ``seconds`` and, when it exceeds ``expected_interval_s``, the samples a stall swallowed."""
-        us = int(seconds * 1_000_000)
+        """Record ``seconds`` and, when it exceeds ``expected_interval_s``, the samples a stall swallowed.
+
+        At most :data:`MAX_CORRECTIONS` are added (a 60 s stall on a 10 ms schedule would be 6,000 calls on the
+        loop): beyond that they are spread evenly over the stall, each standing for several."""
+        us = min(int(seconds * 1_000_000), HIGHEST_US)
         interval = int(expected_interval_s * 1_000_000)
         if us <= interval or interval <= 0:
             self._h.record_value(us if us > 0 else 0)
             return
-        self._h.record_corrected_value(min(us, HIGHEST_US), interval)
+        steps = us // interval
+        if steps <= MAX_CORRECTIONS:
+            self._h.record_corrected_value(us, interval)
+            return
+        per = steps // MAX_CORRECTIONS  # each recorded sample stands for ``per`` swallowed sends
+        self._h.record_value(us)
+        value = us - per * interval
+        while value >= interval:
+            self._h.record_value(value, per)
+            value -= per * interval
 
     def merge(self, other: Histogram | LatencyRecorder) -> None:
         if isinstance(other, LatencyRecorder):
@@ -168,13 +182,16 @@ class LatencyRecorder:
         merged.merge(self.interval)
         return merged
 
-    # The Histogram API over everything recorded, for the callers that only want totals.
+    # The reading side of the Histogram API, over everything recorded (for callers that want totals).
     @property
     def count(self) -> int:
         return self._total.count + self.interval.count
 
-    def percentile(self, p: float) -> float | None:
-        return self.cumulative().percentile(p)
+    def __getattr__(self, name: str) -> Any:
+        if name in _READERS:
+            return getattr(self.cumulative(), name)
+        raise AttributeError(name)
 
-    def summary(self) -> dict[str, float | int | None]:
-        return self.cumulative().summary()
+
+#: What a LatencyRecorder answers from its cumulative histogram.
+_READERS = frozenset({"min", "max", "mean", "percentile", "percentiles", "summary", "brief", "encode"})

@@ -52,6 +52,7 @@ from typing import Any
 from aiohttp import web
 
 from iotix.errors import ConfigurationError
+from iotix.observe.series import LATENCY_KEYS
 
 __all__ = ["HISTORY_S", "LiveDashboard", "fleet_entry", "page_html", "snapshot", "token_matches"]
 
@@ -64,7 +65,6 @@ EVENT_INTERVAL_S = 1.0
 #: With a sink, how long a stream waits for a sampling round before it sends the snapshot anyway (keep-alive).
 ROUND_WAIT_S = 2.5
 #: The latency kinds of a row: kind -> row key.
-LATENCY_KEYS = {"lateness": "latenessMs", "request": "requestLatencyMs", "e2e": "e2eLatencyMs"}
 _FAULT_KEYS = ("name", "kind", "summary", "devices", "direction")
 _UNAUTHORIZED = "401 Unauthorized: this dashboard needs its token (?token=... or Authorization: Bearer ...).\n"
 

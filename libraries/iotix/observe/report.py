@@ -134,18 +134,9 @@ def select_series(hub: MetricsHub, fleets: Iterable[str] | None = None) -> list[
     """The series of the fleets named (the live fleet's, else the last deleted one of that name); all of them
     (deleted fleets first) when ``fleets`` is None. An unknown name fails, listing the fleets with figures."""
     if fleets is None:
-        for series in list(hub.series.values()):
-            hub.find(series.name)  # a fleet stopped since the last round gets its last row now
+        hub.settle_all()  # a fleet stopped since the last round gets its last row now
         return hub.all_series()
-    chosen = []
-    for name in fleets:
-        series = hub.find(name)
-        if series is None:
-            known = sorted({s.name for s in hub.all_series()})
-            listing = ", ".join(f"'{n}'" for n in known) if known else "none yet (no fleet was created)"
-            raise ConfigurationError(f"No fleet '{name}' has figures. Fleets with figures: {listing}.")
-        chosen.append(series)
-    return chosen
+    return [hub.require(name) for name in fleets]
 
 
 def _score(device: Device) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from iotix.errors import NotFoundError
 from iotix.observe.histogram import Histogram, LatencyRecorder
 from iotix.observe.tracker import live_trackers
 
@@ -110,6 +111,7 @@ class FleetSeries:
         self._hists: deque[tuple[float, dict[str, str]]] = deque(maxlen=histogram_window_s)
         self._events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self._faults_seen: dict[str, str] = {}
+        self._cumulative: dict[str, Histogram] = {}  # every latency of the rows, per kind
         self._was_active = False
         self._partial = True
         self.last_faults: list[dict[str, Any]] = []
@@ -126,7 +128,8 @@ class FleetSeries:
             return False
         active = fleet.state in ("starting", "running")
         due = active or self._was_active
-        self._partial = not self._was_active  # the fleet started during this second
+        # partial: the fleet started, is stopping or stopped during this second
+        self._partial = not self._was_active or not active or bool(getattr(fleet, "stopping", False))
         self._was_active = active
         return due
 
@@ -158,6 +161,8 @@ class FleetSeries:
             faults.backlog() if faults is not None else 0,
         )
         lat = self._latencies(fleet)
+        for kind, hist in lat.items():
+            self._cumulative.setdefault(kind, Histogram()).merge(hist)
         encoded = {kind: hist.encode() for kind, hist in lat.items() if hist.count}
         if encoded:
             self._hists.append((ts, encoded))
@@ -298,26 +303,10 @@ class FleetSeries:
         return merged
 
     def latency_total(self, kind: str) -> Histogram:
-        """Every ``kind`` latency of the fleet so far (cumulative; empty for a deleted fleet's live parts)."""
-        fleet = self.fleet
-        merged = Histogram()
-        if fleet is None:
-            for _ts, encoded in self._hists:
-                if kind in encoded:
-                    merged.merge(Histogram.decode(encoded[kind]))
-            return merged
-        if kind == "lateness":
-            merged.merge(fleet.lateness)
-        elif kind == "request":
-            request = getattr(fleet.transport, "latency", None)
-            if isinstance(request, LatencyRecorder):
-                merged.merge(request)
-        else:
-            for tracker in live_trackers():
-                recorder = tracker.groups.get(self.name)
-                if recorder is not None:
-                    merged.merge(recorder)
-        return merged
+        """Every ``kind`` latency of the fleet's rows (the exact merge of their histograms; also for a deleted
+        fleet, and never another fleet's that had the same name)."""
+        total = self._cumulative.get(kind)
+        return total.copy() if total is not None else Histogram()
 
 
 class MetricsHub:
@@ -337,6 +326,8 @@ class MetricsHub:
         self.progress_writer: Callable[[str], None] | None = None
         self._progress_last = 0.0
         self._handle: asyncio.TimerHandle | None = None
+        self._next_ts = 0.0
+        self._last_ts = 0.0
         self.sink_errors = 0
 
     # -- fleets --------------------------------------------------------------------------------------------
@@ -371,6 +362,19 @@ class MetricsHub:
                 return old
         return None
 
+    def settle_all(self) -> None:
+        """Give every fleet that stopped since the last round its last row now (and to the sinks)."""
+        for name in list(self.series):
+            self.find(name)
+
+    def require(self, name: str) -> FleetSeries:
+        """:meth:`find`, or NotFoundError naming the fleets that have figures."""
+        series = self.find(name)
+        if series is None:
+            known = ", ".join(f"'{n}'" for n in sorted({s.name for s in self.all_series()})) or "none"
+            raise NotFoundError(f"No fleet named '{name}' has figures (fleets with figures: {known}).")
+        return series
+
     def all_series(self) -> list[FleetSeries]:
         """Deleted fleets' series first (oldest first), then the live ones."""
         return [*self.deleted, *self.series.values()]
@@ -388,16 +392,21 @@ class MetricsHub:
         if self._handle is not None:
             return
         wall = time.time()
-        delay = 1.0 - (wall % 1.0)
-        self._handle = self.loop.call_later(max(delay, 0.001), self._tick)
+        self._next_ts = float(int(wall)) + 1.0  # the second this round closes
+        self._handle = self.loop.call_later(max(self._next_ts - wall, 0.001), self._tick)
 
     def _tick(self) -> None:
         self._handle = None
-        ts = float(round(time.time()))
-        try:
-            self.sample(ts)
-        except Exception:  # the clock must keep going whatever one round did
-            log.exception("sampling the fleets' metrics failed")
+        now = time.time()
+        # Stamped with the second it was armed for; a round that ran more than a second late closes the
+        # second it runs in. Never twice the same second (a late round followed by a punctual one).
+        ts = self._next_ts if now - self._next_ts < 1.0 else float(int(now))
+        if ts > self._last_ts:
+            self._last_ts = ts
+            try:
+                self.sample(ts)
+            except Exception:  # the clock must keep going whatever one round did
+                log.exception("sampling the fleets' metrics failed")
         if self.series:
             self._arm()
 
@@ -405,8 +414,13 @@ class MetricsHub:
         """One round: a row for every fleet that is due, then the sinks, the snapshot and progress lines."""
         pairs = []
         for series in list(self.series.values()):
-            if series.due():
-                pairs.append((series, series.sample(ts)))
+            try:
+                if series.due():
+                    pairs.append((series, series.sample(ts)))
+            except Exception as err:  # one fleet's failure must not cost the others their second
+                log.exception("sampling fleet %s failed", series.name)
+                if series.fleet is not None:
+                    series.fleet.report_error(f"sampling its figures failed: {err!r}")
         self._publish()
         self._hand_to_sinks(pairs)
         self._progress(ts)

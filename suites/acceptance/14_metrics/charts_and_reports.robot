@@ -48,9 +48,9 @@ The Run Report In Every Format
 Unknown Fleets And Formats Fail Naming What There Is
     [Documentation]    A fleet without figures lists those with; a format that does not exist lists the formats.
     ${fleet} =    Create Local Fleet    acceptance-sensor    name=known    id_pattern=known-{index}
-    Run Keyword And Expect Error    No fleet named 'nope' has figures (fleets: *known*).
+    Run Keyword And Expect Error    No fleet named 'nope' has figures (fleets with figures: *known*).
     ...    Log Fleet Charts    nope
-    Run Keyword And Expect Error    No fleet 'nope' has figures. Fleets with figures: *'known'*.
+    Run Keyword And Expect Error    No fleet named 'nope' has figures (fleets with figures: *'known'*).
     ...    Export Run Report    ${REPORTS}${/}nope.html    fleets=${{['${fleet}', 'nope']}}
     Run Keyword And Expect Error
     ...    Cannot write a run report in the extension of *: the formats are html, md, csv, json*
