@@ -59,9 +59,9 @@ class FakeFleet:
         self.name = name
         self.model = SimpleNamespace(id="sensor", protocol=protocol)
         latency = LatencyRecorder() if request_latency else None
-        self.transport = SimpleNamespace(target="127.0.0.1:1883", latency=latency)
-        self.outcomes = SimpleNamespace(_request_based=request_latency)
+        self.transport = SimpleNamespace(target="127.0.0.1:1883", latency=latency, request_based=request_latency)
         self.state = "running"
+        self.stopping = False
         self.devices = [
             SimpleNamespace(
                 id=f"{name}-{i}",

@@ -38,8 +38,7 @@ def fake_fleet(name: str = "f", devices: int = 3) -> Any:
     return SimpleNamespace(
         name=name,
         model=SimpleNamespace(id="m", protocol="mqtt"),
-        transport=SimpleNamespace(target="127.0.0.1:1883"),
-        outcomes=SimpleNamespace(_request_based=False),
+        transport=SimpleNamespace(target="127.0.0.1:1883", request_based=False),
         devices=[FakeDevice() for _ in range(devices)],
         delivery=SimpleNamespace(retries=0, reasons=Counter()),
         devices_dropped=0,
@@ -47,6 +46,7 @@ def fake_fleet(name: str = "f", devices: int = 3) -> Any:
         faults=FakeFaults(),
         lateness=LatencyRecorder(),
         state="running",
+        stopping=False,
     )
 
 

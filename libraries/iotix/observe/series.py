@@ -102,7 +102,7 @@ class FleetSeries:
         self.model = fleet.model.id
         self.protocol = fleet.model.protocol
         self.target = fleet.transport.target
-        self.request_based = bool(getattr(fleet.outcomes, "_request_based", False))
+        self.request_based = bool(fleet.transport.request_based)
         self.deleted = False
         self.started_at: float | None = None  # wall time of the second before the first row
         self.totals: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -129,7 +129,7 @@ class FleetSeries:
         active = fleet.state in ("starting", "running")
         due = active or self._was_active
         # partial: the fleet started, is stopping or stopped during this second
-        self._partial = not self._was_active or not active or bool(getattr(fleet, "stopping", False))
+        self._partial = not self._was_active or not active or fleet.stopping
         self._was_active = active
         return due
 
