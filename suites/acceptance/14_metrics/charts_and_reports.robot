@@ -55,8 +55,9 @@ Unknown Fleets And Formats Fail Naming What There Is
     Run Keyword And Expect Error
     ...    Cannot write a run report in the extension of *: the formats are html, md, csv, json*
     ...    Export Run Report    ${REPORTS}${/}run.pdf
+    VAR    ${pdf}    pdf    # a variable: Robot's dry run converts literal arguments and would fail there
     Run Keyword And Expect Error    *'pdf'*html*md*csv*json*
-    ...    Export Run Report    ${REPORTS}${/}run.html    format=pdf
+    ...    Export Run Report    ${REPORTS}${/}run.html    format=${pdf}
 
 
 *** Keywords ***
