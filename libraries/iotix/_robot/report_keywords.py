@@ -151,9 +151,11 @@ class ReportKeywords(LibraryComponent):
         else:
             value, where = self._series_latency(fleet, percentile, kind, window)
         ms = value * 1000
-        logger.info(f"Fleet '{fleet}': p{percentile:g} {where} {ms:.1f} ms (limit {limit_ms:g} ms).")
+        logger.info(f"Fleet '{fleet}': p{percentile:g} latency {ms:.1f} ms (limit {limit_ms:g} ms) [{where}].")
         if ms >= limit_ms:
-            raise AssertionError(f"Fleet '{fleet}': p{percentile:g} {where} is {ms:.1f} ms, not below {limit_ms:g} ms.")
+            raise AssertionError(
+                f"Fleet '{fleet}': p{percentile:g} latency is {ms:.1f} ms, not below {limit_ms:g} ms [{where}]."
+            )
         return ms
 
     def _arrived_latency(
@@ -169,7 +171,7 @@ class ReportKeywords(LibraryComponent):
             raise AssertionError(
                 f"No telemetry from fleet '{fleet}' arrived at '{src.name}'{within}: no latency to check."
             )
-        return value, f"end-to-end latency [receiver '{src.name}']"
+        return value, f"receiver '{src.name}'"
 
     def _series_latency(self, fleet: str, percentile: float, kind: str, window: timedelta | None) -> tuple[float, str]:
         hub = self.simulator.metrics
@@ -186,7 +188,7 @@ class ReportKeywords(LibraryComponent):
         if value is None:
             hint = " (is a receiver tracking the fleet?)" if kind == "e2e" else ""
             raise AssertionError(f"Fleet '{fleet}' has no {what} {span}{hint}: nothing to check.")
-        return value, f"{what} {span} ({count:,} samples)"
+        return value, f"{what} {span}, {count:,} samples"
 
     @keyword
     def export_telemetry_report(
