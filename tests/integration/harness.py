@@ -86,3 +86,17 @@ class Harness:
         for closer in reversed(self._closers):
             closer()
         self.rt.stop()
+
+
+class BrokerHarness(Harness):
+    """The harness with every fleet pointed at one broker (anything with ``host`` and ``port``); a connection
+    that names a ``url`` (an HTTP fleet) is left as it is."""
+
+    def __init__(self, broker: Any) -> None:
+        super().__init__()
+        self.broker = broker
+
+    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
+        if "url" in model_connection:
+            return dict(model_connection)
+        return {**model_connection, "host": self.broker.host, "port": self.broker.port}

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Harness as BaseHarness
-from harness import all_running
+from harness import BrokerHarness, all_running
 
 from iotix.fault.sock import FaultSocket
 from iotix.fault.spec import parse_fault
@@ -68,14 +67,7 @@ def model_dict(interval_ms: int = 100, qos: int = 0, keepalive: int = 30, **conn
     }
 
 
-class Harness(BaseHarness):
-    def __init__(self, broker: MqttBroker) -> None:
-        super().__init__()
-        self.broker = broker
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
-
+class Harness(BrokerHarness):
     def receiver(self, topic: str, **connect: Any) -> MqttProbe:
         async def make() -> MqttProbe:
             probe = MqttProbe("faults", f"ft-probe-{os.getpid()}-{time.monotonic_ns()}")

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from harness import Harness as BaseHarness
+from harness import BrokerHarness
 
 from iotix.fleet.fleet import Fleet
 from iotix.services import find_mosquitto, start_local_broker
@@ -67,15 +67,8 @@ def model_dict(model_id: str, *, interval_ms: int, qos: int = 0, padding: int = 
     }
 
 
-class Harness(BaseHarness):
+class Harness(BrokerHarness):
     """The shared harness with fleets pointed at one broker, a receiver, and the simulator's network."""
-
-    def __init__(self, broker: Any) -> None:
-        super().__init__()
-        self.broker = broker
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
 
     def receiver(self, topic: str, qos: int) -> MqttProbe:
         async def make() -> MqttProbe:

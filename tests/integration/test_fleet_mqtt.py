@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from harness import Harness as BaseHarness
-from harness import all_running
+from harness import BrokerHarness, all_running
 
 from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import Credentials, FleetOptions
@@ -60,16 +59,12 @@ def model_dict(model_id: str = "it-sensor", interval_ms: int = 100, qos: int = 0
     }
 
 
-class Harness(BaseHarness):
+class Harness(BrokerHarness):
     """The shared harness with fleets pointed at one broker, and a receiver."""
 
-    def __init__(self, broker) -> None:
-        super().__init__()
-        self.broker = broker
+    def __init__(self, broker: Any) -> None:
+        super().__init__(broker)
         self.probe: MqttProbe | None = None
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
 
     def receiver(self, topic: str = "it/#", qos: int = 1) -> MqttProbe:
         async def make() -> MqttProbe:

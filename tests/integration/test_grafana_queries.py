@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from harness import Harness as BaseHarness
+from harness import BrokerHarness
 
 from iotix.observe.influx import InfluxExport
 from iotix.services import (
@@ -74,23 +74,12 @@ def http_model(url: str) -> dict[str, Any]:
     }
 
 
-class Harness(BaseHarness):
-    def __init__(self, broker: Any) -> None:
-        super().__init__()
-        self.broker = broker
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        if "url" in model_connection:
-            return dict(model_connection)
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
-
-
 @pytest.fixture(scope="module")
 def run() -> Iterator[tuple[MetricsStore, str, float, float]]:
     """One run of two fleets exported to a local VictoriaMetrics: (store, run id, start, end)."""
     broker = start_local_broker("mosquitto")
     store = start_local_metrics_store()
-    h = Harness(broker)
+    h = BrokerHarness(broker)
     try:
         export = InfluxExport(store.url, None, "", "iotix", interval_s=0.5, hub=h.sim.metrics)
         h.rt.call(h.sim.metrics.add_sink, export.sink)

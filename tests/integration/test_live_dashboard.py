@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 from chromium_cdp import Chromium, find_chromium
-from harness import Harness as BaseHarness
+from harness import BrokerHarness
 
 from iotix.fleet.fleet import Fleet
 from iotix.observe.live import LiveDashboard
@@ -54,15 +54,8 @@ def model_dict() -> dict[str, Any]:
     }
 
 
-class Harness(BaseHarness):
+class Harness(BrokerHarness):
     """The shared harness with fleets pointed at one broker, and the dashboard on the runtime loop."""
-
-    def __init__(self, broker: Any) -> None:
-        super().__init__()
-        self.broker = broker
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
 
     def running_fleet(self, name: str) -> Fleet:
         fleet = self.fleet(name, model_dict(), DEVICES)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import Harness as BaseHarness
+from harness import BrokerHarness
 
 from iotix.fleet.fleet import Fleet
 from iotix.observe.influx import InfluxExport
@@ -75,19 +75,15 @@ def model_dict(model_id: str) -> dict[str, Any]:
     }
 
 
-class Harness(BaseHarness):
+class Harness(BrokerHarness):
     """Fleets pointed at the broker; a recorder of what the hub hands to its sinks; exports to close."""
 
     def __init__(self, broker: Any) -> None:
-        super().__init__()
-        self.broker = broker
+        super().__init__(broker)
         self.handed: list[dict[str, Any]] = []
         hub = self.sim.metrics
         self.rt.call(hub.add_sink, self._record)
         self.on_close(lambda: self.rt.call(hub.remove_sink, self._record))
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
 
     def _record(self, pairs: list[tuple[FleetSeries, dict[str, Any]]]) -> None:
         for series, row in pairs:  # on the loop, in the same round as the export's sink

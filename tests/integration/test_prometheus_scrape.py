@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import requests
-from harness import Harness as BaseHarness
+from harness import BrokerHarness
 
 from iotix.observe.prometheus import MetricsEndpoint
 from iotix.services import ManagedProcess, find_mosquitto, start_local_broker, start_with_port_retry
@@ -50,15 +50,6 @@ def model_dict() -> dict[str, Any]:
     }
 
 
-class Harness(BaseHarness):
-    def __init__(self, broker: Any) -> None:
-        super().__init__()
-        self.broker = broker
-
-    def connection(self, model_connection: dict[str, Any]) -> dict[str, Any]:
-        return {**model_connection, "host": self.broker.host, "port": self.broker.port}
-
-
 @pytest.fixture(scope="module")
 def broker() -> Iterator[Any]:
     b = start_local_broker("mosquitto")
@@ -67,14 +58,14 @@ def broker() -> Iterator[Any]:
 
 
 @pytest.fixture
-def h(broker: Any) -> Iterator[Harness]:
-    harness = Harness(broker)
+def h(broker: Any) -> Iterator[BrokerHarness]:
+    harness = BrokerHarness(broker)
     yield harness
     harness.close()
 
 
 @pytest.fixture
-def endpoint(h: Harness) -> Iterator[MetricsEndpoint]:
+def endpoint(h: BrokerHarness) -> Iterator[MetricsEndpoint]:
     ep = MetricsEndpoint(h.sim.metrics)
     yield ep
     ep.close()
@@ -132,7 +123,7 @@ def wait_until_scraping(prometheus: ManagedProcess, timeout: float = 20.0) -> No
         time.sleep(0.2)
 
 
-def test_prometheus_scrapes_the_fleets_message_rate(h: Harness, endpoint: MetricsEndpoint) -> None:
+def test_prometheus_scrapes_the_fleets_message_rate(h: BrokerHarness, endpoint: MetricsEndpoint) -> None:
     fleet = h.fleet("scraped", model_dict(), DEVICES)
     workdir = Path(tempfile.mkdtemp(prefix="iotix-prometheus-"))
     prometheus = start_prometheus(f"{endpoint.host}:{endpoint.port}", workdir)
@@ -173,7 +164,7 @@ def test_prometheus_scrapes_the_fleets_message_rate(h: Harness, endpoint: Metric
     assert f"iotix_messages_sent_total{{{labels}}} {float(sent)}" in text
 
 
-def test_the_endpoint_stops_and_frees_its_port(h: Harness) -> None:
+def test_the_endpoint_stops_and_frees_its_port(h: BrokerHarness) -> None:
     ep = MetricsEndpoint(h.sim.metrics)
     assert requests.get(ep.url, timeout=5).status_code == 200
     ep.close()
