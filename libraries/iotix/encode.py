@@ -21,6 +21,11 @@ from typing import Any
 import cbor2
 
 from iotix.errors import ConfigurationError
+
+try:  # orjson: a JSON envelope in a fifth of the time of the standard library's encoder (see _json_encoder_for)
+    import orjson
+except ImportError:  # pragma: no cover - a declared dependency; the standard encoder still works without it
+    orjson = None  # type: ignore[assignment]
 from iotix.model.types import DeviceModel
 
 Encoder = Callable[[str, int, int, dict[str, Any]], bytes]
@@ -83,26 +88,47 @@ _to_json = _compact_json()
 
 
 def _json_encoder_for(binary_fields: tuple[str, ...]) -> Encoder:
+    """The JSON envelope encoder: orjson when installed, else the standard library's C encoder.
+
+    orjson writes the same compact UTF-8 text for the values generators produce (its floats are the same
+    shortest round-trip digits; only an exponent is spelled ``1e-5`` instead of ``1e-05``, and NaN becomes
+    ``null``, which is what JSON allows). What orjson refuses (an int beyond 64 bits, a dict key that is not a
+    string) is encoded by the standard encoder instead, so every payload that encoded before still does.
+    """
     to_json = _to_json
+    dumps = orjson.dumps if orjson is not None else None
+
+    def slow(message: dict[str, Any]) -> bytes:
+        return to_json(message).encode()
+
+    if dumps is not None:
+
+        def fast(message: dict[str, Any]) -> bytes:
+            try:
+                return dumps(message)
+            except TypeError:  # orjson.JSONEncodeError is a TypeError
+                return slow(message)
+
+        dump = fast
+    else:
+        dump = slow
+
     if not binary_fields:
 
         def encode_json(device_id: str, seq: int, ts_ms: int, values: dict[str, Any]) -> bytes:
-            message = {"deviceId": device_id, "seq": seq, "ts": ts_ms}
-            message.update(values)
-            return to_json(message).encode()
+            return dump({"deviceId": device_id, "seq": seq, "ts": ts_ms, **values})
 
         return encode_json
 
     b64 = base64.b64encode
 
     def encode_json_binary(device_id: str, seq: int, ts_ms: int, values: dict[str, Any]) -> bytes:
-        message = {"deviceId": device_id, "seq": seq, "ts": ts_ms}
-        message.update(values)
+        message = {"deviceId": device_id, "seq": seq, "ts": ts_ms, **values}
         for name in binary_fields:
             value = message.get(name)
             if value is not None:
                 message[name] = b64(value).decode("ascii")
-        return to_json(message).encode()
+        return dump(message)
 
     return encode_json_binary
 

@@ -29,6 +29,7 @@ from iotix.generate import (
     resolve_handler,
 )
 from iotix.generate.gps import distance_m
+from iotix.generate.rng import DeviceRandom, device_stream
 from iotix.model.types import DeviceModel, TelemetryField
 
 N = 20_000
@@ -594,8 +595,10 @@ def test_other_device_or_seed_other_values() -> None:
 def test_builtin_fields_share_one_stream_per_device() -> None:
     """One RNG per device (memory), so sampling order matters but a run repeats exactly."""
     values = DeviceValues(model(*MIXED), "dev-1", None)
-    rngs = {id(g._rand.__self__) for g in values._generators.values() if hasattr(g, "_rand")}
+    rngs = {id(g._rng) for g in values._generators if hasattr(g, "_rng")}
     assert len(rngs) == 1
+    shared = next(g._rng for g in values._generators if hasattr(g, "_rng"))
+    assert isinstance(shared, DeviceRandom)  # 40 bytes, where a random.Random holds 2.5 KB
     again = DeviceValues(model(*MIXED), "dev-1", None)
     names = [f.name for f in MIXED]
     first = [values.sample(names, float(t)) for t in range(20)]
@@ -610,6 +613,36 @@ def test_device_rng_is_stable_across_processes() -> None:
     assert float(out.stdout) == here
     assert device_rng("m", "d", None, "g").random() != here
     assert device_rng("m", "d", 0, "f").random() == here
+
+
+def test_device_stream_is_stable_across_processes_and_uniform() -> None:
+    stream = device_stream("m", "d", None)
+    here = [stream.random() for _ in range(3)]
+    code = (
+        "from iotix.generate.rng import device_stream as s; r = s('m', 'd', None); print([r.random() for _ in 'ab1'])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "54321"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == repr(here)
+    assert device_stream("m", "d", 1).random() != here[0] and device_stream("m", "e", None).random() != here[0]
+    rng = DeviceRandom(7)
+    draws = [rng.random() for _ in range(N)]
+    assert all(0.0 <= x < 1.0 for x in draws)
+    # uniform: mean 1/2, sd of the mean sqrt(1/12/N) = 0.002; each decile holds 10 % (sd 0.2 %)
+    assert abs(sum(draws) / N - 0.5) < 0.01
+    deciles = [0] * 10
+    for x in draws:
+        deciles[int(x * 10)] += 1
+    assert all(abs(n / N - 0.1) < 0.01 for n in deciles), deciles
+
+
+def test_device_stream_gauss_has_the_asked_mean_and_spread() -> None:
+    rng = DeviceRandom(11)
+    xs = [rng.gauss(5.0, 2.0) for _ in range(N)]
+    mean = sum(xs) / N
+    sd = (sum((x - mean) ** 2 for x in xs) / (N - 1)) ** 0.5
+    assert abs(mean - 5.0) < 0.1  # sd of the mean: 2 / sqrt(N) = 0.014
+    assert abs(sd - 2.0) < 0.1
 
 
 # --- DeviceValues -----------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ closes it, failure opens it again.
 A device whose last ``errorThreshold`` sends all failed goes to state ``error`` (it keeps trying); its
 first success brings it back to ``running``.
 
-Every outcome goes to the device's transmission log, a fixed-size ring of packed entries (about 17 bytes
-each, allocated at the first send) so that 10,000 devices x 100 entries stay under 20 MB.
+Every outcome goes to the device's transmission log, a fixed-size ring of packed entries allocated at the
+first send: 17 bytes an entry for request-based transports (with the latency of the answer), 6 bytes for
+connection-based ones (MQTT hands a message to its connection: no latency), so that 10,000 MQTT devices x 100
+entries take 6 MB.
 """
 
 from __future__ import annotations
@@ -198,6 +200,10 @@ class CircuitBreaker:
 RESULTS = ("ok", "sent", "failed", "retrying", "circuit_open")
 OK, SENT, FAILED, RETRYING, CIRCUIT_OPEN = range(len(RESULTS))
 _ENTRY = struct.Struct("<dIfB")  # wall time (s), bytes, latency (ms, -1: none), result
+_HANDOVER = struct.Struct("<IH")  # wall time (ms, modulo 2**32), bytes (13 bits, see HandoverLog) | result << 13
+_MS_MASK = (1 << 32) - 1
+_SMALL_BYTES = (1 << 13) - 1  # byte counts from here on are kept aside
+_SENT_BITS = SENT << 13
 
 
 class TransmissionLog:
@@ -235,6 +241,76 @@ class TransmissionLog:
             }
 
 
+class HandoverLog:
+    """The transmission log of a connection-based device (MQTT): 6 bytes an entry, no latency.
+
+    An entry is the wall time in milliseconds modulo 2**32 (read back as the latest such time not after now, so
+    entries are exact for 49 days) and 16 bits: the result (3 bits) and the byte count; a count of 8,191 bytes
+    or more is kept aside (:attr:`big`), exact.
+    """
+
+    __slots__ = ("big", "buf", "count", "errors", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = bytearray(_HANDOVER.size * size)
+        self.count = 0  # entries ever written
+        self.errors: list[str | None] | None = None  # allocated at the first failure
+        self.big: dict[int, int] | None = None  # slot -> byte count, for counts of _SMALL_BYTES and more
+
+    def add(self, wall: float, nbytes: int, latency_ms: float, result: int, error: str | None) -> None:
+        """Same arguments as :meth:`TransmissionLog.add`; the latency is not kept."""
+        slot = self.count % self.size
+        self._put(slot, int(wall * 1000), nbytes, result)
+        if error is not None or self.errors is not None:
+            if self.errors is None:
+                self.errors = [None] * self.size
+            self.errors[slot] = error
+        self.count += 1
+
+    def add_sent(self, wall_ms: int, nbytes: int) -> None:
+        """A message handed to the connection at ``wall_ms`` (epoch milliseconds): the hot path of a fleet."""
+        count = self.count
+        slot = count % self.size
+        if nbytes < _SMALL_BYTES and self.big is None:
+            _HANDOVER.pack_into(self.buf, slot * 6, wall_ms & _MS_MASK, nbytes | _SENT_BITS)
+        else:
+            self._put(slot, wall_ms, nbytes, SENT)
+        if self.errors is not None:
+            self.errors[slot] = None
+        self.count = count + 1
+
+    def _put(self, slot: int, wall_ms: int, nbytes: int, result: int) -> None:
+        big = self.big
+        if nbytes >= _SMALL_BYTES:
+            if big is None:
+                big = self.big = {}
+            big[slot] = nbytes
+            nbytes = _SMALL_BYTES
+        elif big:
+            big.pop(slot, None)
+        _HANDOVER.pack_into(self.buf, slot * _HANDOVER.size, wall_ms & _MS_MASK, nbytes | result << 13)
+
+    def entries(self, last: int) -> Iterator[dict[str, Any]]:
+        """The last ``last`` entries, oldest first."""
+        n = min(last, self.count, self.size)
+        now_ms = int(time.time() * 1000)
+        for i in range(self.count - n, self.count):
+            slot = i % self.size
+            ms, packed = _HANDOVER.unpack_from(self.buf, slot * _HANDOVER.size)
+            wall_ms = now_ms - ((now_ms - ms) & _MS_MASK)
+            nbytes = packed & _SMALL_BYTES
+            if nbytes == _SMALL_BYTES and self.big is not None:
+                nbytes = self.big.get(slot, nbytes)
+            yield {
+                "time": datetime.fromtimestamp(wall_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+                "bytes": nbytes,
+                "result": RESULTS[packed >> 13],
+                "latencyMs": None,
+                "error": self.errors[slot] if self.errors is not None else None,
+            }
+
+
 # -- the fleet's delivery bookkeeping ---------------------------------------------------------------------
 
 
@@ -255,6 +331,8 @@ class Delivery:
         self.recovered = 0
         self._rng = rng
         self._log_size = settings.log_size
+        #: request-based transports log outcomes with their latency; connection-based ones hand-overs
+        self._log_class: type[TransmissionLog] | type[HandoverLog] = TransmissionLog if request_based else HandoverLog
 
     # -- log ------------------------------------------------------------------------------------------------
 
@@ -266,8 +344,16 @@ class Delivery:
             return
         tlog = device.tlog
         if tlog is None:
-            tlog = device.tlog = TransmissionLog(size)
+            tlog = device.tlog = self._log_class(size)
         tlog.add(time.time(), nbytes, latency_s * 1000.0 if latency_s is not None else -1.0, result, error)
+
+    def record_sent(self, device: Device, nbytes: int, wall_ms: int) -> None:
+        """A message a connection-based transport took at ``wall_ms`` (the fleet logs these only when it keeps
+        a log, and only for connection-based transports)."""
+        tlog = device.tlog
+        if tlog is None:
+            tlog = device.tlog = HandoverLog(self._log_size)
+        tlog.add_sent(wall_ms, nbytes)
 
     # -- outcomes -----------------------------------------------------------------------------------------
 

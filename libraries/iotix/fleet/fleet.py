@@ -28,7 +28,7 @@ from iotix.encode import FIRMWARE_KEY, make_encoder
 from iotix.errors import ConfigurationError, NotFoundError
 from iotix.fault.faultset import FaultSet
 from iotix.fault.sock import close_deferred
-from iotix.fleet.delivery import SENT, CircuitStatus, Delivery, DeliverySettings
+from iotix.fleet.delivery import CircuitStatus, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.outcomes import FleetOutcomes
 from iotix.fleet.timeline import (
@@ -39,7 +39,7 @@ from iotix.fleet.timeline import (
 )
 from iotix.generate import DeviceValues
 from iotix.model.types import CommandSpec, DeviceModel, is_firmware_update
-from iotix.observe.histogram import LatencyRecorder
+from iotix.observe.histogram import HIGHEST_US, MAX_CORRECTIONS, LatencyRecorder
 from iotix.transport import Credentials, TransportError, TransportSpec, create_transport
 from iotix.transport.backoff import full_jitter
 from iotix.transport.tls import FleetTls
@@ -52,6 +52,7 @@ _RUNNING = DeviceState.RUNNING
 _RECONNECTING = DeviceState.RECONNECTING
 _ERROR = DeviceState.ERROR
 
+_MICROSECONDS = 1_000_000.0  # seconds -> microseconds (its bound __mul__ converts a tick's lateness in C)
 #: How long Stop Fleet waits for QoS 1/2 messages in flight to be acknowledged before disconnecting.
 STOP_DRAIN_S = 2.0
 #: The error list of a fleet keeps this many background errors for the next keyword to report.
@@ -197,6 +198,7 @@ class Fleet:
             for b in model.behaviors
         ]
         self.lateness = LatencyRecorder()  # send lateness against each device's schedule
+        self._late: dict[float, list[float]] = {}  # interval -> lateness of this tick's sends (see fire)
         self.stopping = False  # Fleet.stop is draining and disconnecting (state still says what it was)
         self.devices_dropped = 0  # devices switched off by dropouts (Drop Devices, Start Dropout)
         self.devices_restored = 0  # of those, brought back
@@ -302,6 +304,8 @@ class Fleet:
                 device.state = DeviceState.ERROR
                 return
             self._connected(device, reconnect)
+            if device.task is asyncio.current_task():
+                device.task = None  # a finished task kept per device would cost ~0.4 KB of each
             return
 
     def _connected(self, device: Device, reconnect: bool) -> None:
@@ -335,7 +339,13 @@ class Fleet:
             interval = device.interval_override_s
         state = device.state
         if state is _RUNNING or state is _RECONNECTING or state is _ERROR:
-            self.lateness.record_corrected(now - due, interval)
+            # Lateness goes into the histogram once per tick (_flush_lateness), not once per send.
+            late = self._late.get(interval)
+            if late is None:
+                if not self._late:
+                    self.sim.loop.call_soon(self._flush_lateness)
+                late = self._late[interval] = []
+            late.append(now - due)
             values = device.values.sample(names, due - device.started_at)
             if self.behaviors:
                 self._run_behaviors(device, values)
@@ -351,6 +361,48 @@ class Fleet:
         if nxt < now:  # fell behind by more than an interval (a stall): skip, do not burst
             nxt = now + interval
         return nxt
+
+    def _flush_lateness(self) -> None:
+        """Record the lateness of the sends of the last tick(s) in :attr:`lateness`, equal values counted once.
+
+        The histogram keeps two significant digits (8 bits of mantissa in microseconds), so each value, and each
+        sample the coordinated-omission correction adds for a late send (value - interval, value - 2 intervals,
+        ...), is cut to that resolution and equal ones are recorded together: one ``record`` per distinct value
+        instead of one or more per send (before, the hottest call of a fast fleet). The histogram ends up the same
+        as if each send had been recorded on its own.
+
+        The correction counts intervals of at least one scheduler tick: sends due within one tick fire together
+        by design, each recorded, so none of them was swallowed (this matters only for intervals shorter than
+        the tick, 5 ms, which models cannot give: the max-rate benchmark sets them).
+        """
+        pending, self._late = self._late, {}
+        lateness = self.lateness
+        counts: dict[int, int] = {}
+        tick_us = int(self.sim.scheduler.tick * 1_000_000)
+        for interval, values in pending.items():
+            interval_us = max(int(interval * 1_000_000), tick_us)
+            # whole microseconds, counted in C (map, Counter): the loop below then runs once per distinct value
+            for exact, n in Counter(map(int, map(_MICROSECONDS.__mul__, values))).items():
+                us = exact
+                if us > interval_us > 0:  # late by more than an interval: the samples a stall swallowed too
+                    if us // interval_us > MAX_CORRECTIONS or us >= HIGHEST_US:
+                        for _ in range(n):
+                            lateness.record_corrected_us(us, interval_us)  # spread over the stall (rare)
+                        continue
+                    while True:
+                        shift = us.bit_length() - 8
+                        key = us >> shift << shift if shift > 0 else us
+                        counts[key] = counts.get(key, 0) + n
+                        if us <= interval_us:
+                            break
+                        us -= interval_us
+                    continue
+                if us > 255:
+                    shift = us.bit_length() - 8
+                    us = us >> shift << shift
+                counts[us] = counts.get(us, 0) + n
+        for us, n in counts.items():
+            lateness.record_corrected_us(us, 0, n)
 
     def _queue_offline(self, device: Device, ts_ms: int, group: int, values: dict[str, Any]) -> None:
         """Keep a QoS 1/2 reading for after the reconnect; a full queue drops it (counted)."""
@@ -376,11 +428,16 @@ class Fleet:
         if delivery.guarded and not delivery.admit(device, len(payload)):
             return True  # refused and counted: not for the offline queue
         if self.transport.send(device, payload):
+            nbytes = len(payload)
             device.seq += 1
             device.sent += 1
-            device.bytes_sent += len(payload)
+            device.bytes_sent += nbytes
             if self._log_sends:
-                delivery.record(device, len(payload), SENT)
+                tlog = device.tlog
+                if tlog is None:
+                    delivery.record_sent(device, nbytes, ts_ms)  # the first: allocates the device's log
+                else:
+                    tlog.add_sent(ts_ms, nbytes)
             return True
         if self.qos == 0:  # QoS 1/2 readings go to the offline queue instead (see fire)
             device.failed += 1

@@ -105,7 +105,7 @@ class RouteGenerator(Generator):
 class GpsWalkGenerator(Generator):
     """``center`` first, then steps of ``step`` metres in random directions, kept within ``radius``."""
 
-    __slots__ = ("_east", "_lat0", "_lon0", "_lon_scale", "_north", "_precision", "_radius", "_rand", "_step")
+    __slots__ = ("_east", "_lat0", "_lon0", "_lon_scale", "_north", "_precision", "_radius", "_rng", "_step")
 
     def __init__(self, center: Point, radius_m: float, step_m: float, rng: random.Random, precision: int | None):
         self._lat0, self._lon0 = center
@@ -114,7 +114,7 @@ class GpsWalkGenerator(Generator):
         self._step = step_m
         self._east = 0.0
         self._north = 0.0
-        self._rand = rng.random
+        self._rng = rng
         self._precision = precision
 
     def next(self, t: float) -> Any:
@@ -124,7 +124,7 @@ class GpsWalkGenerator(Generator):
         lat = max(-90.0, min(90.0, lat))
         if not -180.0 <= lon <= 180.0:
             lon = (lon + 180.0) % 360.0 - 180.0
-        angle = 2.0 * math.pi * self._rand()
+        angle = 2.0 * math.pi * self._rng.random()
         east += self._step * math.cos(angle)
         north += self._step * math.sin(angle)
         reach = math.hypot(east, north)

@@ -19,6 +19,7 @@ from iotix.generate._values import (
     FIELD_TYPES,
     NUMERIC_FIELD_TYPES,
     coerce_value,
+    inline_scale,
     numeric_output,
     value_problem,
     with_precision,
@@ -34,6 +35,18 @@ EXPONENTIAL_MEAN_DIVISOR = 10.0
 
 Output = Callable[[float], Any]
 
+#: parameter values shared by the generators of every device (see _const)
+_CONSTANTS: dict[tuple[float, float], float] = {}
+
+
+def _const(value: float) -> float:
+    """``float(value)``, as one object for equal values: the generators of a field share their parameters across a
+    fleet's devices (a float object is 24 bytes; a fleet of 100,000 devices has millions of them otherwise)."""
+    number = float(value)
+    if len(_CONSTANTS) >= 100_000:
+        return number
+    return _CONSTANTS.setdefault((number, math.copysign(1.0, number)), number)
+
 
 # --- random -----------------------------------------------------------------------------------------------
 
@@ -41,16 +54,21 @@ Output = Callable[[float], Any]
 class UniformGenerator(Generator):
     """Uniform in [low, high)."""
 
-    __slots__ = ("_low", "_out", "_rand", "_span")
+    __slots__ = ("_low", "_out", "_rng", "_scale", "_span")
 
     def __init__(self, low: float, high: float, rng: random.Random, out: Output) -> None:
         self._low = low
-        self._span = high - low
-        self._rand = rng.random
+        self._span = _const(high - low)
+        self._rng = rng
         self._out = out
+        self._scale = _const(inline_scale(out, low, high))  # 0.0: call out
 
     def next(self, t: float) -> Any:
-        return self._out(self._low + self._span * self._rand())
+        value = self._low + self._span * self._rng.random()
+        scale = self._scale
+        if scale:
+            return round(value * scale) / scale
+        return self._out(value)
 
 
 class NormalGenerator(Generator):
@@ -60,22 +78,23 @@ class NormalGenerator(Generator):
     keeps the second): a third cheaper than calling ``rng.gauss``, the hottest call of a typical fleet.
     """
 
-    __slots__ = ("_high", "_low", "_mean", "_out", "_rand", "_spare", "_stddev")
+    __slots__ = ("_high", "_low", "_mean", "_out", "_rng", "_scale", "_spare", "_stddev")
 
     def __init__(self, mean: float, stddev: float, *, low: float, high: float, rng: random.Random, out: Output) -> None:
         self._mean = mean
         self._stddev = stddev
         self._low = low
         self._high = high
-        self._rand = rng.random
+        self._rng = rng
         self._spare: float | None = None
         self._out = out
+        self._scale = _const(inline_scale(out, low, high))  # 0.0: call out (also when unbounded)
 
     def next(self, t: float) -> Any:
         z = self._spare
         if z is None:
-            angle = _TWO_PI * self._rand()
-            radius = _sqrt(-2.0 * _log(1.0 - self._rand()))
+            angle = _TWO_PI * self._rng.random()
+            radius = _sqrt(-2.0 * _log(1.0 - self._rng.random()))
             z = _cos(angle) * radius
             self._spare = _sin(angle) * radius
         else:
@@ -85,23 +104,26 @@ class NormalGenerator(Generator):
             value = self._low
         elif value > self._high:
             value = self._high
+        scale = self._scale
+        if scale:
+            return round(value * scale) / scale
         return self._out(value)
 
 
 class ExponentialGenerator(Generator):
     """low + Exp(mean), clamped to high (inverse transform, as ``random.expovariate`` does, without the call)."""
 
-    __slots__ = ("_high", "_low", "_mean", "_out", "_rand")
+    __slots__ = ("_high", "_low", "_mean", "_out", "_rng")
 
     def __init__(self, low: float, mean: float, high: float, rng: random.Random, out: Output) -> None:
         self._low = low
         self._mean = mean
         self._high = high
-        self._rand = rng.random
+        self._rng = rng
         self._out = out
 
     def next(self, t: float) -> Any:
-        value = self._low - self._mean * _log(1.0 - self._rand())
+        value = self._low - self._mean * _log(1.0 - self._rng.random())
         if value > self._high:  # noqa: PLR1730 - a comparison is cheaper than min() on this hot path
             value = self._high
         return self._out(value)
@@ -159,9 +181,9 @@ def make_random(r: SpecReader, field_type: str, rng: random.Random, base_dir: Pa
     out = numeric_output(field_type, precision)
     if distribution == "uniform":
         assert low is not None and high is not None
-        return UniformGenerator(float(low), float(high), rng, out)
-    clamp_low = -_INF if low is None else float(low)
-    clamp_high = _INF if high is None else float(high)
+        return UniformGenerator(_const(low), _const(high), rng, out)
+    clamp_low = -_INF if low is None else _const(low)
+    clamp_high = _INF if high is None else _const(high)
     if distribution == "normal":
         if mean is None:
             assert low is not None and high is not None
@@ -169,11 +191,11 @@ def make_random(r: SpecReader, field_type: str, rng: random.Random, base_dir: Pa
         if stddev is None:
             assert low is not None and high is not None
             stddev = (high - low) / 6.0
-        return NormalGenerator(float(mean), float(stddev), low=clamp_low, high=clamp_high, rng=rng, out=out)
+        return NormalGenerator(_const(mean), _const(stddev), low=clamp_low, high=clamp_high, rng=rng, out=out)
     if mean is None:
         assert low is not None and high is not None
         mean = default_exponential_mean(low, high)
-    return ExponentialGenerator(0.0 if low is None else float(low), float(mean), clamp_high, rng, out)
+    return ExponentialGenerator(0.0 if low is None else _const(low), _const(mean), clamp_high, rng, out)
 
 
 def default_exponential_mean(low: float, high: float) -> float:
@@ -290,7 +312,7 @@ def make_constant(r: SpecReader, field_type: str, rng: random.Random, base_dir: 
 class SinusoidalGenerator(Generator):
     """offset + amplitude*sin(2π(t/period + phase)) + N(0, noise), clamped to [low, high]."""
 
-    __slots__ = ("_amplitude", "_gauss", "_high", "_low", "_noise", "_offset", "_omega", "_out", "_phase")
+    __slots__ = ("_amplitude", "_high", "_low", "_noise", "_offset", "_omega", "_out", "_phase", "_rng")
 
     def __init__(
         self,
@@ -305,12 +327,12 @@ class SinusoidalGenerator(Generator):
         rng: random.Random,
         out: Output,
     ) -> None:
-        self._omega = _TWO_PI / period_s
-        self._phase = _TWO_PI * phase
+        self._omega = _const(_TWO_PI / period_s)
+        self._phase = _const(_TWO_PI * phase)
         self._amplitude = amplitude
         self._offset = offset
         self._noise = noise
-        self._gauss = rng.gauss
+        self._rng = rng
         self._low = low
         self._high = high
         self._out = out
@@ -318,7 +340,7 @@ class SinusoidalGenerator(Generator):
     def next(self, t: float) -> Any:
         value = self._offset + self._amplitude * math.sin(self._omega * t + self._phase)
         if self._noise:
-            value += self._gauss(0.0, self._noise)
+            value += self._rng.gauss(0.0, self._noise)
         if value < self._low:
             value = self._low
         elif value > self._high:
@@ -347,12 +369,12 @@ def make_sinusoidal(r: SpecReader, field_type: str, rng: random.Random, base_dir
     assert noise is not None and phase is not None
     return SinusoidalGenerator(
         period_ms / 1000.0,
-        amplitude=float(amplitude),
-        offset=float(offset),
-        noise=float(noise),
-        phase=float(phase),
-        low=-_INF if low is None else float(low),
-        high=_INF if high is None else float(high),
+        amplitude=_const(amplitude),
+        offset=_const(offset),
+        noise=_const(noise),
+        phase=_const(phase),
+        low=-_INF if low is None else _const(low),
+        high=_INF if high is None else _const(high),
         rng=rng,
         out=numeric_output(field_type, precision),
     )
@@ -364,19 +386,20 @@ def make_sinusoidal(r: SpecReader, field_type: str, rng: random.Random, base_dir
 class RandomWalkGenerator(Generator):
     """start, then previous + U(-step, step) reflected into [low, high]."""
 
-    __slots__ = ("_high", "_low", "_out", "_rand", "_step2", "_value")
+    __slots__ = ("_high", "_low", "_out", "_rng", "_scale", "_step2", "_value")
 
     def __init__(self, start: float, step: float, *, low: float, high: float, rng: random.Random, out: Output) -> None:
         self._value = start
-        self._step2 = 2.0 * step
+        self._step2 = _const(2.0 * step)
         self._low = low
         self._high = high
-        self._rand = rng.random
+        self._rng = rng
         self._out = out
+        self._scale = _const(inline_scale(out, low, high))  # 0.0: call out
 
     def next(self, t: float) -> Any:
         value = self._value
-        following = value + self._step2 * (self._rand() - 0.5)
+        following = value + self._step2 * (self._rng.random() - 0.5)
         if following > self._high:
             following = 2.0 * self._high - following
         elif following < self._low:
@@ -387,6 +410,9 @@ class RandomWalkGenerator(Generator):
         elif following < self._low:
             following = self._low
         self._value = following
+        scale = self._scale
+        if scale:
+            return round(value * scale) / scale
         return self._out(value)
 
 
@@ -409,10 +435,10 @@ def make_random_walk(r: SpecReader, field_type: str, rng: random.Random, base_di
         return None
     assert low is not None and high is not None and step is not None and start is not None
     return RandomWalkGenerator(
-        float(start),
-        float(step),
-        low=float(low),
-        high=float(high),
+        _const(start),
+        _const(step),
+        low=_const(low),
+        high=_const(high),
         rng=rng,
         out=numeric_output(field_type, precision),
     )
@@ -424,21 +450,21 @@ def make_random_walk(r: SpecReader, field_type: str, rng: random.Random, base_di
 class UniformChoiceGenerator(Generator):
     """One of the values, all equally likely."""
 
-    __slots__ = ("_count", "_rand", "_values")
+    __slots__ = ("_count", "_rng", "_values")
 
     def __init__(self, values: tuple[Any, ...], rng: random.Random) -> None:
         self._values = values
         self._count = len(values)
-        self._rand = rng.random
+        self._rng = rng
 
     def next(self, t: float) -> Any:
-        return self._values[int(self._rand() * self._count)]
+        return self._values[int(self._rng.random() * self._count)]
 
 
 class WeightedChoiceGenerator(Generator):
     """One of the values with probability weight/total (a zero weight is never picked)."""
 
-    __slots__ = ("_cumulative", "_last", "_rand", "_total", "_values")
+    __slots__ = ("_cumulative", "_last", "_rng", "_total", "_values")
 
     def __init__(self, values: tuple[Any, ...], weights: list[float], rng: random.Random) -> None:
         cumulative: list[float] = []
@@ -450,10 +476,10 @@ class WeightedChoiceGenerator(Generator):
         self._cumulative = tuple(cumulative)
         self._total = total
         self._last = max(i for i, weight in enumerate(weights) if weight > 0)
-        self._rand = rng.random
+        self._rng = rng
 
     def next(self, t: float) -> Any:
-        index = bisect_right(self._cumulative, self._rand() * self._total)
+        index = bisect_right(self._cumulative, self._rng.random() * self._total)
         if index > self._last:  # noqa: PLR1730 - float rounding at the very top of the range; cheaper than min()
             index = self._last
         return self._values[index]
@@ -506,7 +532,7 @@ def _read_weights(r: SpecReader, count: int | None) -> list[float] | None:
 class BatteryGenerator(Generator):
     """start - drain*t (+ noise), kept within [floor, start]."""
 
-    __slots__ = ("_drain_per_s", "_floor", "_gauss", "_noise", "_out", "_start")
+    __slots__ = ("_drain_per_s", "_floor", "_noise", "_out", "_rng", "_start")
 
     def __init__(
         self,
@@ -519,16 +545,16 @@ class BatteryGenerator(Generator):
         out: Output,
     ) -> None:
         self._start = start
-        self._drain_per_s = drain_per_hour / 3600.0
+        self._drain_per_s = _const(drain_per_hour / 3600.0)
         self._floor = floor
         self._noise = noise
-        self._gauss = rng.gauss
+        self._rng = rng
         self._out = out
 
     def next(self, t: float) -> Any:
         value = self._start - self._drain_per_s * t
         if self._noise:
-            value += self._gauss(0.0, self._noise)
+            value += self._rng.gauss(0.0, self._noise)
         if value < self._floor:
             value = self._floor
         elif value > self._start:
@@ -552,10 +578,10 @@ def make_battery(r: SpecReader, field_type: str, rng: random.Random, base_dir: P
         return None
     assert start is not None and drain is not None and floor is not None and noise is not None
     return BatteryGenerator(
-        float(start),
-        float(drain),
-        floor=float(floor),
-        noise=float(noise),
+        _const(start),
+        _const(drain),
+        floor=_const(floor),
+        noise=_const(noise),
         rng=rng,
         out=numeric_output(field_type, precision),
     )

@@ -45,21 +45,24 @@ class Histogram:
 
         At most :data:`MAX_CORRECTIONS` are added (a 60 s stall on a 10 ms schedule would be 6,000 calls on the
         loop): beyond that they are spread evenly over the stall, each standing for several."""
-        us = min(int(seconds * 1_000_000), HIGHEST_US)
-        interval = int(expected_interval_s * 1_000_000)
-        if us <= interval or interval <= 0:
-            self._h.record_value(us if us > 0 else 0)
+        self.record_corrected_us(int(seconds * 1_000_000), int(expected_interval_s * 1_000_000))
+
+    def record_corrected_us(self, us: int, interval_us: int, count: int = 1) -> None:
+        """:meth:`record_corrected` in whole microseconds, ``count`` times (a batch of equal values at once)."""
+        us = 0 if us < 0 else us if us < HIGHEST_US else HIGHEST_US
+        if us <= interval_us or interval_us <= 0:
+            self._h.record_value(us, count)
             return
-        steps = us // interval
+        steps = us // interval_us
         if steps <= MAX_CORRECTIONS:
-            self._h.record_corrected_value(us, interval)
+            self._h.record_corrected_value(us, interval_us, count)
             return
         per = steps // MAX_CORRECTIONS  # each recorded sample stands for ``per`` swallowed sends
-        self._h.record_value(us)
-        value = us - per * interval
-        while value >= interval:
-            self._h.record_value(value, per)
-            value -= per * interval
+        self._h.record_value(us, count)
+        value = us - per * interval_us
+        while value >= interval_us:
+            self._h.record_value(value, per * count)
+            value -= per * interval_us
 
     def merge(self, other: Histogram | LatencyRecorder) -> None:
         if isinstance(other, LatencyRecorder):
@@ -169,6 +172,9 @@ class LatencyRecorder:
 
     def record_corrected(self, seconds: float, expected_interval_s: float) -> None:
         self.interval.record_corrected(seconds, expected_interval_s)
+
+    def record_corrected_us(self, us: int, interval_us: int, count: int = 1) -> None:
+        self.interval.record_corrected_us(us, interval_us, count)
 
     def take_interval(self) -> Histogram:
         """The histogram of the interval that ends now (a fresh one starts); it is added to the total."""

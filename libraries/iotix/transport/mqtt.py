@@ -249,7 +249,18 @@ class MqttTransport(Transport):
         self, link: Link, payload: bytes, topic: str | None = None, qos: int | None = None, retain: bool = False
     ) -> bool:
         client: LoopClient = link.conn
-        if client is None or not client.has_socket:
+        if client is None:
+            return False
+        if topic is None and qos is None and self.qos == 0:  # telemetry at QoS 0: the hot path of a fleet
+            field = client.fast_topic
+            if field is None:
+                field = client.fast_topic = client.topic_field(link.topic or "")
+            if client.publish_qos0(field, payload):
+                return True
+            if client.has_socket:  # connected but not (yet, or no longer) in the MQTT session
+                self.outcomes.not_sent(link, "publish failed: not connected")
+            return False
+        if not client.has_socket:
             return False
         if qos is None:
             qos = self.qos
