@@ -97,6 +97,7 @@ class FleetKeywords(LibraryComponent):
         error_threshold: int | None = None,
         transmission_log: int = 100,
         fault_layer: bool = True,
+        source_addresses: str = "",
     ) -> str:
         """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
 
@@ -108,6 +109,16 @@ class FleetKeywords(LibraryComponent):
         - ``seed``: makes every generated value reproducible (default 0).
         - ``host``, ``port`` (1-65535), ``username``, ``password`` (a ``Secret``), ``qos``: override the
           model's ``connection``.
+        - ``host`` may name several targets, comma separated: ``host=127.0.0.1:1883,127.0.0.1:1884`` (an entry
+          without a port takes ``port``, else the model's port; ``[::1]:1883`` for IPv6). The device with index
+          i connects to target i mod n, like devices behind a load balancer in front of a broker cluster.
+          MQTT fleets only; `Get Fleet Stats` shows the first targets in ``target`` and all in
+          ``transport.targets``.
+        - ``source_addresses``: local IPv4 addresses the devices connect from, as a range
+          (``127.0.0.2-127.0.0.9``), a comma separated list, or one address (at most 256). The device with
+          index i binds to address i mod m, so connections are spread over several (source, destination) pairs
+          of 28,232 ephemeral ports each: needed past ~28,000 connections to one broker address. Any 127.x.y.z
+          works for a local broker; other addresses must be configured on this machine. MQTT fleets only.
         - ``offline_queue_size``: QoS 1/2 readings kept per device while it reconnects; beyond that they
           are dropped and counted in ``messagesDropped``.
         - ``reconnect_base``, ``reconnect_cap``: exponential backoff with full jitter after a lost connection.
@@ -129,6 +140,8 @@ class FleetKeywords(LibraryComponent):
 
         | ${fleet} =    Create Fleet    environmental-sensor-v1    count=100    id_pattern=env-{index:03d}
         | ...    host=${BROKER}[host]    port=${BROKER}[port]
+        | Create Fleet    environmental-sensor-v1    count=60000    name=big
+        | ...    host=127.0.0.1:1883,127.0.0.1:1884,127.0.0.1:1885    source_addresses=127.0.0.2-127.0.0.9
         """
         m = self.models.resolve(model)
         # Every argument is checked here, before the loop: a refused fleet leaves the running ones untouched.
@@ -144,6 +157,7 @@ class FleetKeywords(LibraryComponent):
                     qos=qos,
                     username=username,
                     password=password.value if password is not None else None,
+                    source_addresses=source_addresses,
                 ),
                 options=FleetOptions(
                     offline_queue_size=offline_queue_size,

@@ -107,6 +107,10 @@ def publish_event(
     return True
 
 
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class MqttTransport(Transport):
     """paho-mqtt 2.x clients (MQTT 3.1.1 or 5) driven by the runtime loop."""
 
@@ -118,7 +122,16 @@ class MqttTransport(Transport):
         super().__init__(spec, links, outcomes)
         conn = spec.connection
         self.host: str = str(conn.get("host") or conn.get("broker") or "localhost")
-        self.port: int = int(conn.get("port") or (8883 if conn.get("tls") is not None else 1883))
+        default_port = 8883 if conn.get("tls") is not None else 1883
+        self.port: int = int(conn.get("port") or default_port)
+        #: every target as (host, port): the device with global index i connects to target i mod n
+        #: (``connection.targets``, from ``host=h1:p1,h2:p2``; else the one host and port)
+        self.targets: tuple[tuple[str, int], ...] = tuple(
+            (str(h), int(p) if p is not None else default_port) for h, p in conn.get("targets") or ()
+        ) or ((self.host, self.port),)
+        #: local source addresses: the device with global index i binds its socket to address i mod m before it
+        #: connects (``connection.sourceAddresses``, from ``source_addresses=``); empty: the kernel picks
+        self.sources: tuple[str, ...] = tuple(conn.get("sourceAddresses") or ())
         self.qos: int = int(conn.get("qos", 0))
         self.keepalive: int = int(conn.get("keepAlive", 60))
         self.clean_session: bool = bool(conn.get("cleanSession", True))
@@ -137,14 +150,19 @@ class MqttTransport(Transport):
             pattern = cmd.topic or default_cmd
             if pattern:
                 self._commands.append((cmd.name, compile_template(str(pattern))))
-        self._addr: tuple[Any, ...] | None = None
-        self._family = socket.AF_INET
+        #: per target: (address family, resolved address), resolved at its first connection
+        self._addrs: list[tuple[int, tuple[Any, ...]] | None] = [None] * len(self.targets)
         self._misc_cursor = 0
         self._on_message_cb = self._on_message  # one bound method shared by every client
 
     @property
     def target(self) -> str:
-        return f"{'mqtts' if self.tls is not None else 'mqtt'}://{self.host}:{self.port}"
+        """``mqtt://host:port``; with several targets the first three and how many more
+        (``mqtt://127.0.0.1:1883,127.0.0.1:1884,127.0.0.1:1885 (+3 more)``); ``describe`` lists them all."""
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        shown = ",".join(_host_port(h, p) for h, p in self.targets[:3])
+        more = len(self.targets) - 3
+        return f"{scheme}://{shown}" + (f" (+{more} more)" if more > 0 else "")
 
     # -- per-device names ---------------------------------------------------------------------------
 
@@ -171,16 +189,28 @@ class MqttTransport(Transport):
 
     # -- connection ---------------------------------------------------------------------------------
 
-    async def _resolve(self) -> tuple[Any, ...]:
-        if self._addr is None:
+    async def _resolve(self, which: int) -> tuple[int, tuple[Any, ...]]:
+        """Address family and address of target ``which`` (resolved once)."""
+        resolved = self._addrs[which]
+        if resolved is None:
+            host, port = self.targets[which]
             loop = asyncio.get_running_loop()
             try:
-                infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as err:
-                raise TransportError(f"cannot resolve broker host '{self.host}': {err}") from None
+                raise TransportError(f"cannot resolve broker host '{host}': {err}") from None
             family, _, _, _, addr = infos[0]
-            self._family, self._addr = family, addr
-        return self._addr
+            resolved = self._addrs[which] = (family, addr)
+        return resolved
+
+    def target_of(self, link: Link) -> tuple[str, int]:
+        """The (host, port) the device connects to: target ``index mod n`` (its global index)."""
+        return self.targets[link.index % len(self.targets)]
+
+    def source_of(self, link: Link) -> str | None:
+        """The local address the device binds to (address ``index mod m``), or None when none are given."""
+        sources = self.sources
+        return sources[link.index % len(sources)] if sources else None
 
     def _new_client(self, link: Link) -> LoopClient:
         variables = link.variables()
@@ -217,19 +247,28 @@ class MqttTransport(Transport):
         return client
 
     async def connect(self, link: Link) -> None:
-        addr = await self._resolve()
+        which = link.index % len(self.targets)
+        host, port = self.targets[which]
+        family, addr = await self._resolve(which)
+        source = self.source_of(link)
+        if source is not None and family != socket.AF_INET:
+            raise TransportError(
+                f"device '{link.id}': broker {host}:{port} has an IPv6 address, but source_addresses are IPv4; "
+                "give an IPv4 broker address or leave source_addresses out"
+            )
         client: LoopClient | None = link.conn
         if client is None:
             client = link.conn = self._new_client(link)
         try:
             tls = self.tls.for_device(link) if self.tls is not None else None
             await client.open(
-                self.host,
-                self.port,
+                host,
+                port,
                 keepalive=self.keepalive,
                 timeout=self.connect_timeout,
                 addr=addr,
-                family=self._family,
+                family=family,
+                source=source,
                 tls=tls,
                 faults=self.spec.faults,
                 owner=link.id,
@@ -293,13 +332,19 @@ class MqttTransport(Transport):
 
     def describe(self) -> dict[str, Any]:
         """Adds how often a missing acknowledgement gave a connection up, and how many QoS 1/2 messages were
-        sent again (DUP) on the new connection."""
+        sent again (DUP) on the new connection; with several targets all of them (``targets``), with source
+        addresses all of them (``sourceAddresses``: lists, so the stats of a sharded fleet keep them as they are)."""
         clients = [link.conn for link in self.links if link.conn is not None]
-        return {
+        out = {
             **super().describe(),
             "ackTimeouts": sum(c.ack_timeouts for c in clients),
             "redelivered": sum(c.redelivered for c in clients),
         }
+        if len(self.targets) > 1:
+            out["targets"] = [_host_port(h, p) for h, p in self.targets]
+        if self.sources:
+            out["sourceAddresses"] = list(self.sources)
+        return out
 
     def periodic(self, now: float) -> None:
         links = self.links

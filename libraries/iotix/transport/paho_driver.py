@@ -29,10 +29,12 @@ wake-up; paho is pinned below 3.0 and the integration tests exercise them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
 import struct
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +106,25 @@ def _writable(client: LoopClient) -> None:
         sock = client._sock
         if sock is not None:
             _io_of(client, sock).remove_writer(sock)
+
+
+#: Linux's IP_BIND_ADDRESS_NO_PORT (24): bind() takes the address but leaves the port to connect(), which then
+#: picks one unique for the (source, destination) pair instead of one unique for the source address alone.
+IP_BIND_ADDRESS_NO_PORT: int | None = getattr(
+    socket, "IP_BIND_ADDRESS_NO_PORT", 24 if sys.platform.startswith("linux") else None
+)
+
+
+def bind_source(sock: socket.socket, address: str) -> None:
+    """Bind ``sock`` (not yet connected) to the local ``address``, leaving the port to ``connect``.
+
+    With ``IP_BIND_ADDRESS_NO_PORT`` (Linux) every (source, destination) pair has its own 28,232 ephemeral
+    ports; without it (other systems) the port is taken at bind time and each source address has them once.
+    """
+    if IP_BIND_ADDRESS_NO_PORT is not None:
+        with contextlib.suppress(OSError):  # an older kernel: bind takes a port now
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((address, 0))
 
 
 def _remaining_length(n: int) -> bytes:
@@ -412,6 +433,7 @@ class LoopClient(mqtt.Client):
         tls: ClientTls | None = None,
         faults: FaultSet | None = None,
         owner: str | None = None,
+        source: str | None = None,
     ) -> None:
         """Connect TCP (and TLS with ``tls``), send CONNECT and wait for CONNACK; each within ``timeout``.
 
@@ -421,6 +443,10 @@ class LoopClient(mqtt.Client):
         ``faults`` (the fleet's :class:`iotix.fault.faultset.FaultSet`) routes the connection through the
         network-fault layer as the device ``owner``: admission first (see :meth:`_admit`), then the
         connected (and TLS) socket is wrapped in a :class:`iotix.fault.sock.FaultSocket`.
+
+        ``source`` (an IPv4 address of this machine) is the local address of the connection: the socket is
+        bound to it before connecting (see :func:`bind_source`), so that connections spread over several source
+        addresses do not share one pool of ephemeral ports.
         """
         loop = self._aio_loop
         self.close_reported = True
@@ -439,6 +465,16 @@ class LoopClient(mqtt.Client):
         remaining = max(0.001, timeout - (loop.time() - started))
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
+        if source is not None:
+            try:
+                bind_source(sock, source)
+            except OSError as err:
+                sock.close()
+                reason = os.strerror(err.errno) if err.errno else str(err)
+                raise TransportError(
+                    f"cannot use source address {source} for broker {target}: {reason} (source addresses must be "
+                    "addresses of this machine; any 127.x.y.z works for a local broker)"
+                ) from None
         try:
             async with asyncio.timeout(remaining):
                 await loop.sock_connect(sock, addr or (host, port))
