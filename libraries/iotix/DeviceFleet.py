@@ -67,12 +67,17 @@ class DeviceFleet(IoTixLibrary):
     Passwords are accepted only as Robot ``Secret`` values and are never logged.
     """
 
-    def __init__(self, timeout: timedelta = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, timeout: timedelta = DEFAULT_TIMEOUT, ray_address: str = "") -> None:
         """``timeout`` is how long keywords wait when their own ``timeout`` is not given (default 30 seconds).
+
+        ``ray_address`` is the Ray cluster that sharded fleets (`Create Fleet` ``shards=``) run on, e.g.
+        ``ray://head:10001``; default: ``IOTIX_RAY_ADDRESS``, else a local Ray started when a fleet first asks
+        for shards (see docs/scale.md).
 
         | =Setting= | =Value= | =Value= |
         | Library | iotix.DeviceFleet | |
         | Library | iotix.DeviceFleet | timeout=2 minutes |
+        | Library | iotix.DeviceFleet | ray_address=ray://ray-head:10001 |
         """
         super().__init__(
             [
@@ -86,3 +91,5 @@ class DeviceFleet(IoTixLibrary):
             ],
             timeout=timeout,
         )
+        if ray_address:
+            self.context.ray_address = ray_address

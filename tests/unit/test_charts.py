@@ -33,7 +33,7 @@ from iotix.observe.charts import (
     points,
 )
 from iotix.observe.histogram import LatencyRecorder
-from iotix.observe.series import FleetSeries
+from iotix.observe.series import FleetSeries, FleetSnapshot, fleet_snapshot
 
 T0 = 1_796_420_200.0
 SVG = "{http://www.w3.org/2000/svg}"
@@ -85,6 +85,17 @@ class FakeFleet:
         self.devices_restored = 0
         self.faults = FakeFaults()
         self.lateness = LatencyRecorder()
+
+    @property
+    def target(self) -> str:
+        return self.transport.target
+
+    @property
+    def request_based(self) -> bool:
+        return bool(self.transport.request_based)
+
+    def metrics_snapshot(self) -> FleetSnapshot:
+        return fleet_snapshot(self)  # type: ignore[arg-type]
 
     def second(self, per_device: int = 10, failed: int = 0, reason: str = "timeout") -> None:
         """One second of traffic: each device sends ``per_device`` messages, the first device fails ``failed``."""

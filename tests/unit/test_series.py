@@ -11,7 +11,7 @@ import pytest
 
 from iotix.observe import series as series_module
 from iotix.observe.histogram import LatencyRecorder
-from iotix.observe.series import COUNTERS, FleetSeries, MetricsHub, progress_line
+from iotix.observe.series import COUNTERS, FleetSeries, MetricsHub, fleet_snapshot, progress_line
 from iotix.observe.tracker import TelemetryTracker
 
 
@@ -35,8 +35,10 @@ class FakeFaults:
 
 
 def fake_fleet(name: str = "f", devices: int = 3) -> Any:
-    return SimpleNamespace(
+    fleet = SimpleNamespace(
         name=name,
+        target="127.0.0.1:1883",
+        request_based=False,
         model=SimpleNamespace(id="m", protocol="mqtt"),
         transport=SimpleNamespace(target="127.0.0.1:1883", request_based=False),
         devices=[FakeDevice() for _ in range(devices)],
@@ -48,6 +50,8 @@ def fake_fleet(name: str = "f", devices: int = 3) -> Any:
         state="running",
         stopping=False,
     )
+    fleet.metrics_snapshot = lambda: fleet_snapshot(fleet)
+    return fleet
 
 
 def send(fleet: Any, n: int, nbytes: int = 10) -> None:

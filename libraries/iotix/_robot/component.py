@@ -14,9 +14,10 @@ Keywords reach loop-owned state only through :meth:`LibraryComponent.call`, neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from iotix._robot.context import KeywordError
 from iotix._robot.convert import seconds
@@ -28,10 +29,20 @@ if TYPE_CHECKING:
     from iotix.fleet.simulator import Simulator
     from iotix.model.loader import ModelRegistry
 
+T = TypeVar("T")
+
 #: How long one bridge call may take unless the keyword says otherwise (Context.call's default).
 CALL_TIMEOUT_S = 60.0
 #: Added to a wait's own limit for the bridge call that runs the wait: the wait ends itself first.
 WAIT_MARGIN_S = 10.0
+
+
+async def awaited(value: T | Awaitable[T]) -> T:
+    """``value``, awaited when it is awaitable: a sharded fleet answers with coroutines where a plain fleet
+    answers at once (see :class:`iotix.cluster.sharded.ShardedFleet`)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 class ComponentContext(Protocol):
@@ -110,7 +121,11 @@ class LibraryComponent:
         return self.call(self.simulator.find_device, device_id)
 
     def poll_until(
-        self, timeout: float, condition: Callable[[], bool], message: Callable[[], str], interval: float = 0.1
+        self,
+        timeout: float,
+        condition: Callable[[], bool | Awaitable[bool]],
+        message: Callable[[], str | Awaitable[str]],
+        interval: float = 0.1,
     ) -> None:
         """Check ``condition`` on the loop until it holds, for up to ``timeout`` seconds (0: once); fail with
         ``message()`` (built on the loop) when it does not.
@@ -122,9 +137,9 @@ class LibraryComponent:
         async def poll() -> str | None:
             loop = asyncio.get_running_loop()
             end = loop.time() + timeout
-            while not condition():
+            while not await awaited(condition()):
                 if loop.time() >= end:
-                    return message()
+                    return await awaited(message())
                 await asyncio.sleep(interval)
             return None
 

@@ -39,6 +39,8 @@ class Context:
     def __init__(self) -> None:
         self._runtime: Runtime | None = None
         self._simulator: Simulator | None = None
+        #: the Ray cluster sharded fleets and receivers use (None: IOTIX_RAY_ADDRESS, else a local Ray)
+        self.ray_address: str | None = None
         self.models = ModelRegistry()
         self.owned: dict[str, list[tuple[str, Callable[[], Any]]]] = {}  # suite -> [(what, cleanup)]
         #: every receiver of telemetry (MQTT subscriptions, CoAP server and observations, backends, Kafka)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robot.api.deco import keyword
 
@@ -11,6 +11,10 @@ from iotix._robot.context import KeywordError
 from iotix._robot.types import DeviceStatus, ReceivedCommand
 from iotix.errors import ConfigurationError
 from iotix.fleet.device import Device
+
+if TYPE_CHECKING:
+    from iotix.cluster.sharded import ShardedFleet
+    from iotix.model.types import DeviceModel
 
 
 class DeviceKeywords(LibraryComponent):
@@ -41,7 +45,10 @@ class DeviceKeywords(LibraryComponent):
         """
         sim = self.simulator
 
-        def status() -> dict[str, Any]:
+        async def status() -> dict[str, Any]:
+            sharded = sim.sharded_owner(device_id)
+            if sharded is not None:
+                return await sharded.device_status(device_id)
             device = sim.find_device(device_id)
             return device.fleet.device_status(device)
 
@@ -56,6 +63,10 @@ class DeviceKeywords(LibraryComponent):
 
         | Set Telemetry Override    ecg-0    heartRate    130
         """
+        sharded = self._sharded_with_field(device_id, field)
+        if sharded is not None:
+            self.call(sharded.set_override, device_id, field, value)
+            return
         device = self._device_with_field(device_id, field)
 
         def override() -> None:
@@ -73,18 +84,24 @@ class DeviceKeywords(LibraryComponent):
     @keyword
     def clear_telemetry_override(self, device_id: str, field: str) -> None:
         """Lets ``field`` of a device follow its generator again (nothing happens if it has no override)."""
+        sharded = self._sharded_with_field(device_id, field)
+        if sharded is not None:
+            self.call(sharded.clear_override, device_id, field)
+            return
         device = self._device_with_field(device_id, field)
         self.call(device.values.clear_override, field)
 
     def _device_with_field(self, device_id: str, field: str) -> Device:
         device = self.device(device_id)
-        model = device.fleet.model  # immutable
-        if field not in model.field_names:
-            raise KeywordError(
-                f"Device '{device_id}' (model '{model.id}') has no telemetry field "
-                f"'{field}'; fields: {', '.join(model.field_names)}."
-            )
+        _check_field(device_id, device.fleet.model, field)
         return device
+
+    def _sharded_with_field(self, device_id: str, field: str) -> ShardedFleet | None:
+        """The sharded fleet of ``device_id`` (None for a device of a plain fleet), its model checked."""
+        sharded = self.call(self.simulator.sharded_owner, device_id)
+        if sharded is not None:
+            _check_field(device_id, sharded.model, field)
+        return sharded
 
     @keyword
     def get_received_commands(self, device_id: str) -> list[ReceivedCommand]:
@@ -107,5 +124,16 @@ class DeviceKeywords(LibraryComponent):
         | ${commands} =    Get Received Commands    gw-0
         | Should Be Equal    ${commands}[-1][status]    ok
         """
+        sharded = self.call(self.simulator.sharded_owner, device_id)
+        if sharded is not None:
+            return self.call(sharded.commands_of, device_id)
         device = self.device(device_id)
         return self.call(lambda: [dict(c) for c in device.commands or []])
+
+
+def _check_field(device_id: str, model: DeviceModel, field: str) -> None:
+    if field not in model.field_names:  # the model is immutable: read anywhere
+        raise KeywordError(
+            f"Device '{device_id}' (model '{model.id}') has no telemetry field "
+            f"'{field}'; fields: {', '.join(model.field_names)}."
+        )

@@ -11,9 +11,11 @@ from robot.api import logger
 from robot.api.deco import keyword
 from robot.api.types import Secret
 
-from iotix._robot.component import LibraryComponent
+from iotix._robot.component import LibraryComponent, awaited
 from iotix._robot.convert import seconds
 from iotix._robot.types import FleetStats
+from iotix.cluster.ray_support import ray_module
+from iotix.cluster.sharded import CREATE_TIMEOUT_S, build_sharded_fleet, check_shards
 from iotix.errors import ConfigurationError, error_context
 from iotix.fleet.device import DeviceState
 from iotix.fleet.fleet import FleetOptions
@@ -98,6 +100,7 @@ class FleetKeywords(LibraryComponent):
         transmission_log: int = 100,
         fault_layer: bool = True,
         source_addresses: str = "",
+        shards: int = 1,
     ) -> str:
         """Creates a fleet of ``count`` devices of ``model`` and returns its name. Nothing connects yet.
 
@@ -131,6 +134,15 @@ class FleetKeywords(LibraryComponent):
         - ``fault_layer``: route the fleet's connections through the network-fault layer, so that Chaos
           keywords (`Add Network Fault`, `Partition Devices`, ...) can act on it at any time. With no fault
           active it passes bytes straight through; ``False`` takes it out for a benchmark of the bare path.
+
+        - ``shards``: split the fleet's devices over this many processes (Ray actors, each running the
+          simulator core on its own core), for fleets larger than one process can hold (about 19,000 devices:
+          the open-file limit) or faster than one core can drive. Needs the ``cluster`` extra
+          (``pip install 'robotframework-iotix[cluster]'``); a local Ray starts on demand unless the library's
+          ``ray_address`` or ``IOTIX_RAY_ADDRESS`` names a cluster. Every device is the same device whatever the
+          shard count (same id and seed, same payloads); `Start Fleet`, `Stop Fleet`, `Get Fleet Stats` (summed
+          over the shards), `Get Devices`, `Get Device Status`, overrides, `Drop Devices`, network faults and
+          the Metrics keywords act on the whole fleet. See docs/scale.md.
 
         Invalid arguments fail the keyword before anything is created, naming the value; so does a fleet
         that needs more sockets than the process may open (its open-file limit), naming both numbers.
@@ -175,17 +187,29 @@ class FleetKeywords(LibraryComponent):
                 },
             )
             setup.resolve(m)  # the model's retry/breaker settings with the overrides
+            if shards != 1:
+                check_shards(shards, count if setup.device_ids is None else len(setup.device_ids))
+                ray_module(f"shards={shards}")
         sim = self.simulator
+        address = self.context.ray_address
 
         def create() -> tuple[str, str, list[str]]:
             fleet = sim.build_fleet(m, setup)
             return fleet.name, fleet.target, fleet.device_ids()
 
-        fleet_name, target, ids = self.call(create)
+        async def create_sharded() -> tuple[str, str, list[str]]:
+            fleet = await build_sharded_fleet(sim, m, setup, shards, address)
+            return fleet.name, fleet.target, fleet.ids
+
+        if shards == 1:
+            fleet_name, target, ids = self.call(create)
+        else:
+            with error_context(f"Create Fleet '{name or m.id}' with {shards} shards"):
+                fleet_name, target, ids = self.call(create_sharded, timeout=CREATE_TIMEOUT_S + 60)
         self.own_fleet(fleet_name)
         logger.info(
             f"Created fleet '{fleet_name}': {len(ids)} x {m.id} ({m.protocol}) -> {target}; "
-            f"ids {ids[0] if ids else '-'} .. {ids[-1] if ids else '-'}"
+            f"ids {ids[0] if ids else '-'} .. {ids[-1] if ids else '-'}" + (f"; {shards} shards" if shards != 1 else "")
         )
         return fleet_name
 
@@ -220,9 +244,9 @@ class FleetKeywords(LibraryComponent):
                 exponent_base=exponent_base,
             )
 
-        def start() -> int:
-            fleet.start(settings)
-            return len(fleet.devices)
+        async def start() -> int:
+            await awaited(fleet.start(settings))
+            return fleet.device_count
 
         count = self.call(start)
         logger.info(f"Fleet '{name}': launch of {count} devices scheduled ({strategy.value}).")
@@ -254,7 +278,7 @@ class FleetKeywords(LibraryComponent):
         while True:  # in slices, so that a long launch shows its progress on the console
             remaining = limit - (time.monotonic() - started)
             if self.call_wait(fleet.wait_until_running, max(0.0, min(PROGRESS_EVERY_S, remaining)), limit=limit):
-                count = self.call(lambda: len(fleet.devices))
+                count = self.call(lambda: fleet.device_count)
                 logger.info(f"Fleet '{name}': all {count} devices running.")
                 return
             if time.monotonic() - started >= limit:
@@ -277,7 +301,7 @@ class FleetKeywords(LibraryComponent):
 
         async def stop() -> dict[str, Any]:
             await fleet.stop()
-            return fleet.stats()
+            return await awaited(fleet.stats())
 
         stats = self.call(stop)
         logger.info(
@@ -353,13 +377,16 @@ class FleetKeywords(LibraryComponent):
         """
         fleet = self.checked_fleet(name)
 
-        def message() -> str:
-            counts = {k: v for k, v in fleet.count_states().items() if v}
-            errors = [f"{device_id}: {error}" for device_id, error in fleet.devices_in_error(3)]
+        async def message() -> str:
+            counts = {k: v for k, v in (await awaited(fleet.count_states())).items() if v}
+            errors = [f"{device_id}: {error}" for device_id, error in await awaited(fleet.devices_in_error(3))]
             detail = f"; in error: {'; '.join(errors)}" if errors else ""
             return (
                 f"Fleet '{name}' has {counts.get(state.value, 0)} devices in state {state.value}, "
                 f"expected {count} (states: {counts}){detail}"
             )
 
-        self.poll_until(seconds(timeout), lambda: fleet.count_in(state) == count, message)
+        async def reached() -> bool:
+            return await awaited(fleet.count_in(state)) == count
+
+        self.poll_until(seconds(timeout), reached, message)

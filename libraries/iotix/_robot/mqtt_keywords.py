@@ -3,6 +3,7 @@ and check. Every MQTT test connection is a receiver of telemetry under its alias
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field
@@ -258,7 +259,12 @@ class MqttClientKeywords(LibraryComponent):
 
     @keyword
     def subscribe_to_topic(
-        self, topic: str, qos: int = 0, alias: str = DEFAULT_ALIAS, timeout: timedelta | None = None
+        self,
+        topic: str,
+        qos: int = 0,
+        alias: str = DEFAULT_ALIAS,
+        timeout: timedelta | None = None,
+        shards: int = 1,
     ) -> None:
         """Subscribes ``alias`` to ``topic`` (wildcards ``+`` and ``#`` allowed) and collects from then on.
 
@@ -266,11 +272,52 @@ class MqttClientKeywords(LibraryComponent):
         (``a/+/c``), ``#`` for every level below and must be the last one (``a/#``); a filter that breaks
         these rules (``a/#/b``, ``a/b+``) fails naming the filter and the rule.
 
+        ``shards=N`` (N from 2 to 64) spreads the subscription over N receiver processes, for rates one
+        process cannot take (one Python receiver takes some 25,000 messages a second): each is a Ray actor
+        (a local Ray is started unless the library's ``ray_address`` or ``IOTIX_RAY_ADDRESS`` names a
+        cluster; Ray is the ``robotframework-iotix[cluster]`` extra) that logs in to the broker as ``alias``
+        did and subscribes to the MQTT shared subscription ``$share/<group>/<topic>`` (the broker hands each
+        message to one of them; MQTT 5, and Mosquitto 2 for 3.1.1 too). What they receive is merged exactly
+        into ``alias``'s figures whenever a keyword reads them (`Telemetry Should Be Received From Fleet`,
+        `Wait Until Messages Received`, and Metrics' `Get Telemetry Report`, `Loss Should Be Below`, ...).
+        Messages of a sharded subscription are counted, not kept: `Wait Until Messages Received` waits for
+        the count and returns an empty list, and `Get Received Messages` fails. A message that reached its
+        receiver after a later one of its device counts as out of order; the order between receivers is not
+        known. Not over TLS yet. `Disconnect From MQTT Broker`, and the end of the suite, stop the receivers.
+
         | Subscribe To Topic    iotix/+/+/telemetry    qos=1
+        | Subscribe To Topic    iotix/+/+/telemetry    shards=4
         """
         probe = self._probes.get(alias)
         limit = self.timeout_or_default(timeout)
-        self.call(probe.subscribe, topic, qos, limit, timeout=limit + 5)
+        if shards == 1:
+            self.call(probe.subscribe, topic, qos, limit, timeout=limit + 5)
+            return
+        self._subscribe_sharded(probe, topic, qos, shards, limit)
+
+    def _subscribe_sharded(self, probe: MqttProbe, topic: str, qos: int, shards: int, limit: float) -> None:
+        """Subscribe ``probe`` to ``topic`` through ``shards`` receiver actors (see `Subscribe To Topic`)."""
+        from iotix.cluster.ray_support import ray_module
+        from iotix.cluster.receivers import ReceiverError, open_sharded_subscription
+
+        sim = self.simulator
+        address = self.context.ray_address
+
+        async def fleets() -> dict[str, Any]:
+            """Every fleet's device ids (receivers keep latencies per fleet)."""
+            out: dict[str, Any] = {name: f.by_id.keys() for name, f in sim.fleets.items()}
+            out.update({name: f.ids for name, f in sim.sharded.items()})
+            return out
+
+        try:
+            ray_module(f"Sharded subscriptions (shards={shards})")
+            sub = self.call(
+                open_sharded_subscription, probe, topic, qos, shards, limit, fleets, address, timeout=limit * 2 + 120
+            )
+        except (ConfigurationError, ReceiverError) as err:
+            raise KeywordError(str(err)) from None
+        pids = ", ".join(str(r["pid"]) for r in sub.info())
+        logger.info(f"'{probe.alias}' subscribed to '{topic}' through {shards} receiver processes (pids {pids}).")
 
     @keyword("Publish MQTT Message")
     def publish_mqtt_message(
@@ -350,6 +397,8 @@ class MqttClientKeywords(LibraryComponent):
         """
         alias, probe = self._listener(topic, alias)
         limit = self.timeout_or_default(timeout)
+        if self.call(probe.remote_for, topic) is not None:
+            return self._wait_sharded(probe, topic, count, limit)
 
         async def wait() -> list[ReceivedMessage]:
             messages = await probe.wait_for(topic, count, limit)
@@ -362,11 +411,48 @@ class MqttClientKeywords(LibraryComponent):
             )
         return received
 
+    def _wait_sharded(self, probe: MqttProbe, topic: str, count: int, limit: float) -> list[ReceivedMessage]:
+        """`Wait Until Messages Received` on a sharded subscription: counts only (messages are not kept)."""
+        from iotix.cluster.receivers import ReceiverError
+
+        async def wait() -> int:
+            remote = probe.remote_for(topic)
+            assert remote is not None
+            loop = asyncio.get_running_loop()
+            end = loop.time() + limit
+            while True:
+                got = await remote.count(topic)
+                if got >= count or loop.time() >= end:
+                    return got
+                await asyncio.sleep(0.1)
+
+        try:
+            got: int = self.call_wait(wait, limit=limit)
+        except ReceiverError as err:
+            raise KeywordError(str(err)) from None
+        if got < count:
+            raise AssertionError(
+                f"Expected {count} message(s) on '{topic}' (alias '{probe.alias}', sharded subscription) within "
+                f"{limit:g} s, got {got}."
+            )
+        logger.info(
+            f"{got:,} messages arrived on '{topic}' (alias '{probe.alias}'); a sharded subscription counts its "
+            "messages and does not keep them, so the list returned is empty."
+        )
+        return []
+
     @keyword
     def get_received_messages(self, topic: str, alias: str = "") -> list[ReceivedMessage]:
         """Returns what arrived on the subscription ``topic`` so far (see `Wait Until Messages Received`,
-        also for ``topic`` and ``alias``)."""
-        _, probe = self._listener(topic, alias)
+        also for ``topic`` and ``alias``). A sharded subscription (``shards=`` of `Subscribe To Topic`) keeps
+        no messages: the keyword fails for it."""
+        alias, probe = self._listener(topic, alias)
+        if self.call(probe.remote_for, topic) is not None:
+            raise KeywordError(
+                f"'{alias}' receives '{topic}' through a sharded subscription, which counts and tracks messages "
+                "but does not keep them; use Wait Until Messages Received (counts) or Telemetry Should Be "
+                "Received From Fleet, or subscribe without shards= to keep them."
+            )
 
         def messages() -> list[ReceivedMessage]:
             return [cast(ReceivedMessage, m.as_dict()) for m in probe.messages_on(topic)]

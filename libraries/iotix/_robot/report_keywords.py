@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from robot.api import logger
 from robot.api.deco import keyword
 
-from iotix._robot.component import LibraryComponent
+from iotix._robot.component import LibraryComponent, awaited
 from iotix._robot.context import KeywordError
 from iotix._robot.convert import seconds
 from iotix._robot.series_keywords import window_seconds
-from iotix._robot.telemetry import collect, expected_ranges, pick_source
+from iotix._robot.telemetry import collect, expected_now, pick_source
 from iotix._robot.types import TelemetryReport
 from iotix.observe.receivers import Source
 from iotix.observe.series import HISTOGRAM_WINDOW_S
@@ -34,8 +34,8 @@ async def latency_when_arrived(fleet: Fleet, source: Source, percentile: float, 
     arrived. Does not wait for a fleet that is not running and of which nothing arrived. Runs on the loop."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    expected = expected_ranges(fleet, source)
-    ids = fleet.device_ids()
+    expected = await expected_now(fleet, source)
+    ids = await awaited(fleet.device_ids())
     while True:
         if source.refresh is not None:
             await source.refresh()

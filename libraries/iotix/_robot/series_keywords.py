@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from robot.api import logger
 from robot.api.deco import keyword
 
-from iotix._robot.component import LibraryComponent
+from iotix._robot.component import LibraryComponent, awaited
 from iotix._robot.context import KeywordError
 from iotix._robot.convert import seconds
 from iotix.observe.series import WINDOW_S
@@ -171,19 +171,22 @@ class SeriesKeywords(LibraryComponent):
         f = self.fleet(fleet)
         limit = self.timeout_or_default(timeout)
 
-        def connected() -> int:
-            states = f.count_states()
+        async def connected() -> int:
+            states = await awaited(f.count_states())
             return states["running"] + states["error"]
 
-        def message() -> str:
-            states = {k: v for k, v in f.count_states().items() if v}
+        async def reached() -> bool:
+            return await connected() == count
+
+        async def message() -> str:
+            states = {k: v for k, v in (await awaited(f.count_states())).items() if v}
             listing = ", ".join(f"{k} {v:,}" for k, v in states.items())
             return (
-                f"Fleet '{fleet}': {connected():,} of {len(f.devices):,} devices connected after {limit:g} s, "
+                f"Fleet '{fleet}': {await connected():,} of {f.device_count:,} devices connected after {limit:g} s, "
                 f"expected {count:,} (states: {listing})."
             )
 
-        self.poll_until(limit, lambda: connected() == count, message)
+        self.poll_until(limit, reached, message)
 
     @keyword
     def set_console_progress(self, interval: timedelta = timedelta(seconds=10)) -> None:

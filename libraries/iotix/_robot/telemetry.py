@@ -7,10 +7,11 @@ in the context): receivers register themselves, so nothing here knows a protocol
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from robot.api import logger
 from robot.api.deco import keyword
@@ -18,6 +19,7 @@ from robot.api.deco import keyword
 from iotix._robot.component import LibraryComponent
 from iotix._robot.context import Context, KeywordError
 from iotix._robot.types import TelemetryReport as TelemetryReportDict
+from iotix.cluster.sharded import ShardedFleet
 from iotix.observe.receivers import FleetView, ReceiverError, Source
 from iotix.observe.tracker import DeviceResult, TelemetryReport
 
@@ -31,6 +33,7 @@ __all__ = [
     "TelemetryKeywords",
     "collect",
     "describe_failure",
+    "expected_now",
     "expected_ranges",
     "parse_percent",
     "pick_source",
@@ -51,8 +54,11 @@ def parse_percent(value: str | float | int, what: str = "max_loss") -> float:
 
 
 def probe_source(probe: MqttProbe) -> Source:
-    """What an MQTT test connection counts: its tracker, since its first subscription. Runs on the loop."""
-    return Source(probe.alias, probe.tracker, probe.subscribed_at)
+    """What an MQTT test connection counts: its tracker, since its first subscription. Runs on the loop.
+
+    With sharded subscriptions (``Subscribe To Topic ... shards=N``) the tracker is brought up to date with
+    what their receiver processes collected before each look."""
+    return Source(probe.alias, probe.tracker, probe.subscribed_at, probe.refresh if probe.remote else None)
 
 
 def pick_source(ctx: Context, source: str, fleet: Fleet) -> Source:
@@ -83,6 +89,29 @@ def expected_ranges(fleet: Fleet, source: Source) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _sharded(fleet: Any) -> bool:
+    """Whether ``fleet`` is a sharded fleet: its devices live in its shards' processes, which it asks."""
+    return isinstance(fleet, ShardedFleet)
+
+
+async def expected_now(fleet: Any, source: Source) -> dict[str, tuple[int, int]]:
+    """:func:`expected_ranges` of a plain fleet, or of a sharded fleet: its shards compare each device's start
+    with the moment the receiver began listening, on the wall clock."""
+    if not _sharded(fleet):
+        return expected_ranges(fleet, source)
+    since = source.listening_since
+    loop = asyncio.get_running_loop()
+    listening_wall = None if since is None else time.time() - (loop.time() - since)
+    return cast("dict[str, tuple[int, int]]", await fleet.expected_since(listening_wall))
+
+
+async def _sent_by_now(fleet: Any) -> dict[str, int]:
+    """Per device, the sequence number its next message will have (plain or sharded fleet)."""
+    if not _sharded(fleet):
+        return {d.id: d.seq for d in fleet.devices}
+    return {d: stop for d, (_, stop) in (await fleet.expected_sequences()).items()}
+
+
 @dataclass
 class Check:
     report: TelemetryReport
@@ -96,7 +125,7 @@ async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: in
     does not wait out its timeout for messages that are really lost.
     """
     loop = asyncio.get_running_loop()
-    expected = expected_ranges(fleet, source)
+    expected = await expected_now(fleet, source)
     end = loop.time() + timeout
     while True:
         if source.refresh is not None:
@@ -107,7 +136,8 @@ async def collect(fleet: Fleet, source: Source, timeout: float, min_messages: in
         if complete or loop.time() >= end:
             return Check(report, expected)
         if min_messages:  # wait for new messages too: widen the window to what has been sent by now
-            expected = {k: (v[0], fleet.by_id[k].seq) for k, v in expected.items()}
+            sent = await _sent_by_now(fleet)
+            expected = {k: (v[0], sent.get(k, v[1])) for k, v in expected.items()}
         await asyncio.sleep(0.05)
 
 

@@ -32,6 +32,7 @@ from iotix.fleet.delivery import CircuitStatus, Delivery, DeliverySettings
 from iotix.fleet.device import Device, DeviceState
 from iotix.fleet.outcomes import FleetOutcomes
 from iotix.fleet.timeline import (
+    DropoutPlan,
     DropoutSettings,
     LaunchSettings,
     launch_offsets,
@@ -40,6 +41,7 @@ from iotix.fleet.timeline import (
 from iotix.generate import DeviceValues
 from iotix.model.types import CommandSpec, DeviceModel, is_firmware_update
 from iotix.observe.histogram import HIGHEST_US, MAX_CORRECTIONS, LatencyRecorder
+from iotix.observe.series import FleetSnapshot, fleet_snapshot
 from iotix.transport import Credentials, TransportError, TransportSpec, create_transport
 from iotix.transport.backoff import full_jitter
 from iotix.transport.tls import FleetTls
@@ -77,6 +79,8 @@ class FleetOptions:
     #: route the fleet's connections through the network-fault layer (iotix.fault), so Chaos keywords can add
     #: faults at any time; False takes the layer out of the data path (and refuses faults on the fleet)
     fault_layer: bool = True
+    #: the index of the fleet's first device: a shard of a sharded fleet holds devices base, base+1, ... of it
+    index_base: int = 0
 
     def __post_init__(self) -> None:
         if self.offline_queue_size < 0:
@@ -148,7 +152,7 @@ class Fleet:
         self.by_id: dict[str, Device] = {}
         for index, device_id in enumerate(device_ids):
             values = DeviceValues(model, device_id, seed)
-            device = Device(self, device_id, index, values)
+            device = Device(self, device_id, self.options.index_base + index, values)
             self.devices.append(device)
             self.by_id[device_id] = device
         first = self.devices[0].values if self.devices else DeviceValues(model, "-", seed)
@@ -236,20 +240,32 @@ class Fleet:
 
     # -- launch -----------------------------------------------------------------------------------------
 
-    def start(self, launch: LaunchSettings) -> None:
-        """Schedule the launch; returns at once. Devices connect at their timeline offsets."""
+    def start(
+        self, launch: LaunchSettings, offsets: Sequence[float] | None = None, start_at: float | None = None
+    ) -> None:
+        """Schedule the launch; returns at once. Devices connect at their timeline offsets.
+
+        A shard of a sharded fleet gets its part of the fleet's one timeline instead: ``offsets`` (seconds, one
+        per device) counted from the wall-clock time ``start_at`` (``time.time()``), the same for every shard.
+        """
         if self.state in ("starting", "running"):
             raise ConfigurationError(f"Fleet '{self.name}' is already {self.state}; stop it before starting again.")
+        if offsets is None:
+            offsets = launch_offsets(len(self.devices), launch)
+        elif len(offsets) != len(self.devices):
+            raise ConfigurationError(
+                f"Fleet '{self.name}': {len(offsets)} launch offsets for {len(self.devices)} devices"
+            )
         self.state = "starting"
         self.launched = 0
         self.launch_task = asyncio.get_running_loop().create_task(
-            self._launch(launch), name=f"iotix-launch-{self.name}"
+            self._launch(launch, offsets, 0.0 if start_at is None else start_at - time.time()),
+            name=f"iotix-launch-{self.name}",
         )
 
-    async def _launch(self, launch: LaunchSettings) -> None:
+    async def _launch(self, launch: LaunchSettings, offsets: Sequence[float], start_in: float) -> None:
         loop = asyncio.get_running_loop()
-        offsets = launch_offsets(len(self.devices), launch)
-        t0 = loop.time()
+        t0 = loop.time() + start_in
         log.info("fleet %s: launching %d devices (%s)", self.name, len(self.devices), launch.strategy.value)
         try:
             for device, offset in zip(self.devices, offsets, strict=True):
@@ -678,16 +694,29 @@ class Fleet:
 
     # -- dropouts -----------------------------------------------------------------------------------------
 
-    def start_dropout(self, settings: DropoutSettings, seed: int | str | None) -> list[str]:
+    def start_dropout(
+        self,
+        settings: DropoutSettings,
+        seed: int | str | None,
+        plan: DropoutPlan | None = None,
+        start_at: float | None = None,
+    ) -> list[str]:
+        """Start dropping devices as ``settings`` and ``seed`` choose; returns the ids in drop order.
+
+        A shard of a sharded fleet gets its part of the fleet's one ``plan`` instead, counted from the
+        wall-clock time ``start_at``, the same for every shard.
+        """
         if self.dropout_task is not None and not self.dropout_task.done():
             raise ConfigurationError(
                 f"Fleet '{self.name}' already has a dropout in progress "
                 f"({self.dropouts_done} of {len(self.dropout_plan)} steps done); wait for it first."
             )
-        plan = plan_dropout([d.id for d in self.devices], settings, seed)
+        if plan is None:
+            plan = plan_dropout([d.id for d in self.devices], settings, seed)
         self.dropout_plan = plan
         self.dropouts_done = 0
-        self.dropout_started_at = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        self.dropout_started_at = now if start_at is None else now + (start_at - time.time())
         self.dropout_task = asyncio.get_running_loop().create_task(
             self._dropout(plan), name=f"iotix-dropout-{self.name}"
         )
@@ -809,6 +838,19 @@ class Fleet:
     def target(self) -> str:
         """Where the fleet's transport sends (``host:port``, a URL, a topic)."""
         return self.transport.target
+
+    @property
+    def request_based(self) -> bool:
+        """Whether each send is a request with an answer (HTTP, CoAP CON, Kafka acks) rather than a publish."""
+        return bool(self.transport.request_based)
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
+
+    def metrics_snapshot(self) -> FleetSnapshot:
+        """Counters, gauges and this second's latencies for the fleet's time series (takes the intervals)."""
+        return fleet_snapshot(self)
 
     def device_ids(self, state: DeviceState | None = None) -> list[str]:
         """The ids of the fleet's devices, in order; with ``state`` only those in it."""

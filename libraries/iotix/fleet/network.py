@@ -60,6 +60,11 @@ class Network:
 
     def target(self, name: str) -> tuple[FaultSet, Fleet | None]:
         """The fault set of the fleet or proxy ``name``, and the fleet (None for a proxy)."""
+        if name in self.sim.sharded:
+            raise FaultError(
+                f"Fleet '{name}' is sharded: this keyword does not act on sharded fleets yet; Add Network Fault, "
+                "Remove Network Fault, Clear Network Faults and Get Network Faults do."
+            )
         fleet = self.sim.fleets.get(name)
         if fleet is not None:
             if fleet.faults is None:
@@ -114,22 +119,41 @@ class Network:
         *,
         fault_name: str | None = None,
     ) -> str:
-        """Add a fault of ``kind`` to the target ``name``; returns the fault's name. Nothing changes on error."""
+        """Add a fault of ``kind`` to the target ``name``; returns the fault's name. Nothing changes on error.
+
+        On a sharded fleet (a coroutine then) the devices are chosen over the whole fleet, and every shard
+        adds the same fault for its chosen devices."""
+        sharded = self.sim.sharded.get(name)
+        if sharded is not None:
+            return sharded.add_fault(kind, settings, selection, fault_name)  # type: ignore[return-value]
         faults, _ = self.target(name)
         spec = parse_fault(kind, settings, name=fault_name, target=faults.target, datagram=faults.datagram)
         owners = self.select(name, selection)
         return faults.add(spec, owners).spec.name
 
-    def remove(self, name: str, fault: str) -> None:
+    def remove(self, name: str, fault: str) -> Any:
+        sharded = self.sim.sharded.get(name)
+        if sharded is not None:
+            return sharded.fault_call("remove", fault)
         self.target(name)[0].remove(fault)
+        return None
 
-    def clear(self, name: str) -> int:
+    def clear(self, name: str) -> Any:
+        sharded = self.sim.sharded.get(name)
+        if sharded is not None:
+            return sharded.fault_call("clear")
         return self.target(name)[0].clear()
 
-    def describe(self, name: str) -> list[dict[str, Any]]:
+    def describe(self, name: str) -> Any:
+        sharded = self.sim.sharded.get(name)
+        if sharded is not None:
+            return sharded.fault_call("describe")
         return self.target(name)[0].describe()
 
-    def history(self, name: str) -> list[dict[str, Any]]:
+    def history(self, name: str) -> Any:
+        sharded = self.sim.sharded.get(name)
+        if sharded is not None:
+            return sharded.fault_call("history")
         return self.target(name)[0].history()
 
     def apply_profile(

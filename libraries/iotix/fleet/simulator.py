@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotix.errors import ConfigurationError, NotFoundError
 from iotix.fdlimit import check_descriptors
@@ -19,6 +19,9 @@ from iotix.fleet.setup import FleetSetup
 from iotix.model.types import DeviceModel
 from iotix.observe.series import MetricsHub
 
+if TYPE_CHECKING:
+    from iotix.cluster.sharded import ShardedFleet
+
 log = logging.getLogger("iotix.simulator")
 PERIODIC_S = 0.1
 
@@ -30,6 +33,8 @@ class Simulator:
         self.loop = loop
         self.scheduler = Scheduler(loop, tick)
         self.fleets: dict[str, Fleet] = {}
+        #: fleets whose devices run in shards in other processes (iotix.cluster), by name
+        self.sharded: dict[str, ShardedFleet] = {}
         #: network faults of the fleets and the standalone fault proxies
         self.network = Network(self)
         #: per-second time series of every fleet, their sinks (exports) and the published snapshot
@@ -63,7 +68,10 @@ class Simulator:
         credentials: Credentials | None = None,
         options: FleetOptions | None = None,
         delivery: DeliverySettings | None = None,
+        track: bool = True,
     ) -> Fleet:
+        """A new fleet, registered; ``track=False`` keeps it out of this process's metrics (a shard: the
+        sharded fleet in the coordinating process reads its figures instead)."""
         self.check_name_free(name)
         taken = self.device_owner_map()
         clash = [d for d in device_ids if d in taken]
@@ -87,16 +95,17 @@ class Simulator:
         pending = sum(f.transport.descriptors() for f in self.fleets.values() if f.state == "created")
         check_descriptors(name, len(fleet.devices), fleet.transport.descriptors(), pending)
         self.fleets[name] = fleet
-        self.metrics.track(fleet)
+        if track:
+            self.metrics.track(fleet)
         self._ensure_periodic()
         return fleet
 
     def free_name(self, base: str) -> str:
         """``base``, or ``base-2``, ``base-3``, ... : the first that no fleet has."""
-        if base not in self.fleets:
+        if base not in self.fleets and base not in self.sharded:
             return base
         i = 2
-        while f"{base}-{i}" in self.fleets:
+        while f"{base}-{i}" in self.fleets or f"{base}-{i}" in self.sharded:
             i += 1
         return f"{base}-{i}"
 
@@ -116,10 +125,11 @@ class Simulator:
         )
 
     def check_name_free(self, name: str) -> None:
-        if name in self.fleets:
+        existing = self.fleets.get(name) or self.sharded.get(name)
+        if existing is not None:
             raise ConfigurationError(
-                f"A fleet named '{name}' already exists ({len(self.fleets[name].devices)} devices of model "
-                f"'{self.fleets[name].model.id}'); choose another name or delete it first."
+                f"A fleet named '{name}' already exists ({existing.device_count} devices of model "
+                f"'{existing.model.id}'); choose another name or delete it first."
             )
         if name in self.network.proxies:
             raise ConfigurationError(
@@ -128,24 +138,36 @@ class Simulator:
             )
 
     def fleet_names(self) -> list[str]:
-        return list(self.fleets)
+        return [*self.fleets, *self.sharded]
 
     def fleet(self, name: str) -> Fleet:
-        try:
-            return self.fleets[name]
-        except KeyError:
-            known = ", ".join(sorted(self.fleets)) or "none"
-            raise NotFoundError(f"No fleet named '{name}' (fleets: {known}).") from None
+        """The fleet named ``name``: a plain fleet, or a :class:`~iotix.cluster.sharded.ShardedFleet`, which
+        answers the keywords' calls the same way (its methods may be coroutines: the bridge awaits them)."""
+        fleet = self.fleets.get(name) or self.sharded.get(name)
+        if fleet is None:
+            known = ", ".join(sorted(self.fleet_names())) or "none"
+            raise NotFoundError(f"No fleet named '{name}' (fleets: {known}).")
+        return fleet  # type: ignore[return-value]
 
     def device_owner_map(self) -> dict[str, str]:
-        return {d.id: f.name for f in self.fleets.values() for d in f.devices}
+        owners = {d.id: f.name for f in self.fleets.values() for d in f.devices}
+        owners.update((d, f.name) for f in self.sharded.values() for d in f.ids)
+        return owners
+
+    def sharded_owner(self, device_id: str) -> ShardedFleet | None:
+        """The sharded fleet that has ``device_id`` (its device lives in a shard's process), or None."""
+        for fleet in self.sharded.values():
+            if device_id in fleet.shard_of:
+                return fleet
+        return None
 
     def fleet_name_of(self, device_id: str) -> str | None:
         """The name of the fleet that has ``device_id`` (None for a device of no fleet here)."""
         for fleet in self.fleets.values():
             if device_id in fleet.by_id:
                 return fleet.name
-        return None
+        sharded = self.sharded_owner(device_id)
+        return sharded.name if sharded is not None else None
 
     def find_device(self, device_id: str) -> Device:
         for fleet in self.fleets.values():
@@ -160,14 +182,16 @@ class Simulator:
         fleet = self.fleet(name)
         await fleet.delete()
         self.metrics.untrack(name)
-        del self.fleets[name]
+        self.fleets.pop(name, None)
+        self.sharded.pop(name, None)
 
     async def shutdown(self) -> None:
-        for fleet in list(self.fleets.values()):
+        for fleet in [*self.fleets.values(), *self.sharded.values()]:
             with contextlib.suppress(Exception):
                 await fleet.delete()
             self.metrics.untrack(fleet.name)  # its last second reaches the exports before they close
         self.fleets.clear()
+        self.sharded.clear()
         self.metrics.close()
         self.network.close()
         self.scheduler.clear()

@@ -20,7 +20,8 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,83 @@ _get_state = attrgetter("state")
 _get_queue = attrgetter("offline_queue")
 
 
+@dataclass
+class FleetSnapshot:
+    """What a fleet's series takes from it each second: cumulative counters, gauges, this second's latencies.
+
+    A plain fleet makes one from its devices (:func:`fleet_snapshot`); a sharded fleet adds up its shards'
+    (:meth:`add`), merging their histograms exactly.
+    """
+
+    counters: dict[str, int]  # cumulative, the keys of COUNTERS
+    reasons: dict[str, int]  # cumulative failures per reason
+    devices: int = 0
+    running: int = 0
+    error: int = 0
+    queued: int = 0
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    backlog: int = 0
+    latency: dict[str, Histogram] = field(default_factory=dict)  # this second's, per kind
+
+    @classmethod
+    def empty(cls) -> FleetSnapshot:
+        return cls(dict.fromkeys(COUNTERS, 0), {})
+
+    def add(self, other: FleetSnapshot) -> None:
+        """Add another shard's snapshot into this one (faults are the same on every shard: kept once)."""
+        for key, n in other.counters.items():
+            self.counters[key] = self.counters.get(key, 0) + n
+        for code, n in other.reasons.items():
+            self.reasons[code] = self.reasons.get(code, 0) + n
+        self.devices += other.devices
+        self.running += other.running
+        self.error += other.error
+        self.queued += other.queued
+        self.backlog += other.backlog
+        if not self.faults:
+            self.faults = other.faults
+        for kind, hist in other.latency.items():
+            self.latency.setdefault(kind, Histogram()).merge(hist)
+
+    def encoded(self) -> dict[str, Any]:
+        """A plain dict (histograms in HdrHistogram's portable form) to send between processes."""
+        out = dict(self.__dict__)
+        out["latency"] = {kind: hist.encode() for kind, hist in self.latency.items() if hist.count}
+        return out
+
+    @classmethod
+    def decoded(cls, data: Mapping[str, Any]) -> FleetSnapshot:
+        fields = dict(data)
+        fields["latency"] = {kind: Histogram.decode(blob) for kind, blob in fields["latency"].items()}
+        return cls(**fields)
+
+
+def fleet_snapshot(fleet: Fleet) -> FleetSnapshot:
+    """The snapshot of a plain fleet; takes its latency intervals (so one reader per fleet)."""
+    devices = fleet.devices
+    counters: dict[str, int] = {key: sum(map(get, devices)) for key, get in _DEVICE_COUNTERS}
+    counters["retries"] = fleet.delivery.retries
+    counters["devicesDropped"] = fleet.devices_dropped
+    counters["devicesRestored"] = fleet.devices_restored
+    states = Counter(map(_get_state, devices))
+    faults = fleet.faults
+    lat = {"lateness": fleet.lateness.take_interval()}
+    request = getattr(fleet.transport, "latency", None)
+    if isinstance(request, LatencyRecorder):
+        lat["request"] = request.take_interval()
+    return FleetSnapshot(
+        counters=counters,
+        reasons=dict(fleet.delivery.reasons),
+        devices=len(devices),
+        running=states.get("running", 0),
+        error=states.get("error", 0),
+        queued=sum(map(len, filter(None, map(_get_queue, devices)))),
+        faults=faults.describe() if faults is not None else [],
+        backlog=faults.backlog() if faults is not None else 0,
+        latency=lat,
+    )
+
+
 def iso(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC with a Z."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -101,8 +179,8 @@ class FleetSeries:
         self.name = fleet.name
         self.model = fleet.model.id
         self.protocol = fleet.model.protocol
-        self.target = fleet.transport.target
-        self.request_based = bool(fleet.transport.request_based)
+        self.target = fleet.target
+        self.request_based = fleet.request_based
         self.deleted = False
         self.started_at: float | None = None  # wall time of the second before the first row
         self.totals: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -139,28 +217,17 @@ class FleetSeries:
         assert fleet is not None
         if self.started_at is None:
             self.started_at = ts - 1.0
-        devices = fleet.devices
-        now: dict[str, int] = {key: sum(map(get, devices)) for key, get in _DEVICE_COUNTERS}
-        now["retries"] = fleet.delivery.retries
-        now["devicesDropped"] = fleet.devices_dropped
-        now["devicesRestored"] = fleet.devices_restored
+        snap: FleetSnapshot = fleet.metrics_snapshot()
         totals = self.totals
-        deltas = tuple(now[key] - totals[key] for key in COUNTERS)
-        totals.update(now)
-        reasons = self._reasons(fleet.delivery.reasons)
-        states = Counter(map(_get_state, devices))
-        running, error = states.get("running", 0), states.get("error", 0)
-        faults = fleet.faults
-        described = faults.describe() if faults is not None else []
-        gauges = (
-            len(devices),
-            running + error,
-            error,
-            sum(map(len, filter(None, map(_get_queue, devices)))),
-            len(described),
-            faults.backlog() if faults is not None else 0,
-        )
-        lat = self._latencies(fleet)
+        deltas = tuple(snap.counters[key] - totals[key] for key in COUNTERS)
+        totals.update(snap.counters)
+        reasons = self._reasons(snap.reasons)
+        described = snap.faults
+        gauges = (snap.devices, snap.running + snap.error, snap.error, snap.queued, len(described), snap.backlog)
+        lat = dict(snap.latency)
+        e2e = self._e2e()
+        if e2e is not None:
+            lat["e2e"] = e2e
         for kind, hist in lat.items():
             self._cumulative.setdefault(kind, Histogram()).merge(hist)
         encoded = {kind: hist.encode() for kind, hist in lat.items() if hist.count}
@@ -179,7 +246,7 @@ class FleetSeries:
         self.last_faults = described
         return self._as_dict(row)
 
-    def _reasons(self, reasons: Counter[str]) -> dict[str, int] | None:
+    def _reasons(self, reasons: Mapping[str, int]) -> dict[str, int] | None:
         """Failures by reason in this second (None when none), and the cumulative figures."""
         delta: dict[str, int] = {}
         total = self.failures_total
@@ -190,11 +257,8 @@ class FleetSeries:
                 total[code] = n
         return delta or None
 
-    def _latencies(self, fleet: Fleet) -> dict[str, Histogram]:
-        lat = {"lateness": fleet.lateness.take_interval()}
-        request = getattr(fleet.transport, "latency", None)
-        if isinstance(request, LatencyRecorder):
-            lat["request"] = request.take_interval()
+    def _e2e(self) -> Histogram | None:
+        """This second's end-to-end latency of the fleet, from every live receiver tracker that follows it."""
         e2e: Histogram | None = None
         for tracker in live_trackers():
             recorder = tracker.groups.get(self.name)
@@ -205,9 +269,7 @@ class FleetSeries:
                 e2e = interval
             else:
                 e2e.merge(interval)
-        if e2e is not None:
-            lat["e2e"] = e2e
-        return lat
+        return e2e
 
     def _note_events(self, ts: float, deltas: tuple[int, ...], described: list[dict[str, Any]]) -> None:
         dropped = deltas[COUNTERS.index("devicesDropped")]

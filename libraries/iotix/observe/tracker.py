@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +196,8 @@ class TelemetryTracker:
         self.groups: dict[str | None, LatencyRecorder] = {}
         self.invalid = 0
         self.total = 0
+        #: the devices that received something since the previous :meth:`export` (None: not exporting yet)
+        self.changed: set[str] | None = None
         _TRACKERS.add(self)
 
     @property
@@ -226,6 +228,8 @@ class TelemetryTracker:
         track = self.devices.get(device_id)
         if track is None:
             track = self._new_track(device_id)
+        if self.changed is not None:
+            self.changed.add(device_id)
         if seq < 0:
             self.invalid += 1
             return
@@ -292,3 +296,117 @@ class TelemetryTracker:
             )
         unknown = sum(1 for d in self.devices if d not in expected)
         return TelemetryReport(results, self.latency_of(expected).summary(), unknown, self.invalid)
+
+    # -- exchange between processes (the receivers of a sharded subscription) -------------------------------
+
+    def export(self) -> TrackerExport:
+        """What this tracker collected since its previous export, for a :class:`TrackerMerge` elsewhere.
+
+        Devices are exported whole (cumulative), and only those that received something since the previous
+        export (all of them the first time); latencies are exported as what was recorded since the previous
+        export (each group's interval is taken, see :meth:`LatencyRecorder.take_interval`), so do not export a
+        tracker whose intervals a time series also takes (the receivers of a sharded subscription have none).
+        """
+        names = self.devices.keys() if self.changed is None else self.changed
+        group_of = {id(recorder): group for group, recorder in self.groups.items()}
+        devices = {
+            d: (
+                t.received,
+                t.duplicates,
+                t.out_of_order,
+                t.first_seq,
+                t.highest_seq,
+                bytes(t.seen),
+                group_of.get(id(t.latency)),
+            )
+            for d in names
+            if (t := self.devices.get(d)) is not None
+        }
+        self.changed = set()
+        latency = []
+        for group, recorder in self.groups.items():
+            if recorder.interval.count:
+                latency.append((group, recorder.take_interval().encode()))
+        return TrackerExport(devices, latency, self.total, self.invalid)
+
+
+@dataclass
+class TrackerExport:
+    """One tracker's state for another process (plain data: it pickles, and Ray ships it).
+
+    ``devices`` maps a device id to ``(received, duplicates, out_of_order, first_seq, highest_seq, seen, group)``,
+    its whole state (``seen`` is the bitmap of the sequence numbers that arrived, ``group`` the latency group
+    its latencies go to, normally its fleet); ``latency`` is a list of
+    ``(group, histogram)`` with what each group recorded since the previous export (HdrHistogram's encoded
+    form, see :meth:`Histogram.encode`); ``total`` and ``invalid`` count since the tracker began.
+    """
+
+    devices: dict[str, tuple[int, int, int, int, int, bytes, str | None]]
+    latency: list[tuple[str | None, str]]
+    total: int
+    invalid: int
+
+
+def _or_into(seen: bytearray, other: bytes) -> None:
+    """``seen |= other`` on bitmaps of possibly different lengths (``seen`` grows)."""
+    n = len(other)
+    if not n:
+        return
+    if n > len(seen):
+        seen.extend(bytes(n - len(seen)))
+    merged = int.from_bytes(seen[:n], "little") | int.from_bytes(other, "little")
+    seen[:n] = merged.to_bytes(n, "little")
+
+
+class TrackerMerge:
+    """Folds the exports of several trackers ("parts": the receivers of a sharded subscription) into one.
+
+    The result is what one tracker would know had it received every message itself: per device the union of
+    the sequence numbers seen, every arrival counted (so a message that reached two parts counts once as
+    received and once as a duplicate), latencies merged exactly (HdrHistograms of one layout add up). Two
+    exceptions, since receivers share no clock or order: ``out_of_order`` is the sum of what each part saw
+    (a message that arrived at its part after a later one of its device). A device's latencies go to the
+    group the part put them in (see :class:`TelemetryTracker` ``group_of``), else to the target's own.
+
+    Folding the same export twice counts nothing twice except its latencies (exports carry devices whole,
+    latencies as deltas). The target tracker may also be fed directly; its figures then add up with the parts'.
+    """
+
+    def __init__(self, into: TelemetryTracker) -> None:
+        self.into = into
+        #: per part, per device: (received, out_of_order) as of that part's latest export
+        self._seen_counts: dict[Hashable, dict[str, tuple[int, int]]] = {}
+        #: per part: (total, invalid) as of its latest export
+        self._totals: dict[Hashable, tuple[int, int]] = {}
+
+    def fold(self, part: Hashable, export: TrackerExport) -> None:
+        """Add what ``part`` reported in ``export`` to the merged tracker."""
+        into = self.into
+        last = self._seen_counts.setdefault(part, {})
+        for device_id, (received, _dups, out_of_order, first, highest, seen, group) in export.devices.items():
+            track = into.devices.get(device_id)
+            if track is None:
+                track = into._new_track(device_id)
+            if group is not None:
+                recorder = into.groups.get(group)
+                if recorder is None:
+                    recorder = into.groups[group] = LatencyRecorder()
+                track.latency = recorder
+            before_received, before_ooo = last.get(device_id, (0, 0))
+            last[device_id] = (received, out_of_order)
+            track.received += received - before_received
+            track.out_of_order += out_of_order - before_ooo
+            _or_into(track.seen, seen)
+            if first >= 0 and (track.first_seq < 0 or first < track.first_seq):
+                track.first_seq = first
+            track.highest_seq = max(track.highest_seq, highest)
+            track.duplicates = track.received - int.from_bytes(track.seen, "little").bit_count()
+        total, invalid = self._totals.get(part, (0, 0))
+        self._totals[part] = (export.total, export.invalid)
+        into.total += export.total - total
+        into.invalid += export.invalid - invalid
+        for group, encoded in export.latency:
+            recorder = into.groups.get(group)
+            if recorder is None:
+                recorder = into.groups[group] = LatencyRecorder()
+            recorder.interval.merge(Histogram.decode(encoded))

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -140,18 +140,36 @@ class Waiter:
 
 @dataclass
 class Subscription:
+    """A subscription to ``topic``; with ``share``, the shared subscription ``$share/<share>/<topic>`` (MQTT 5,
+    and Mosquitto for 3.1.1 too): the broker hands each message to one of the group's subscribers.
+
+    With ``keep=False`` messages are counted (per topic), not kept: a receiver that only feeds its tracker.
+    """
+
     topic: str
     qos: int
     messages: list[ReceivedMessage] = field(default_factory=list)
     discarded: int = 0
     waiters: list[Waiter] = field(default_factory=list)
+    share: str | None = None
+    keep: bool = True
+    counts: dict[str, int] = field(default_factory=dict)  # per topic, when not kept
+
+    @property
+    def wire_filter(self) -> str:
+        """The filter sent to the broker."""
+        return f"$share/{self.share}/{self.topic}" if self.share else self.topic
 
     def add(self, msg: ReceivedMessage) -> None:
-        self.messages.append(msg)
-        if len(self.messages) > MAX_KEPT:
-            drop = len(self.messages) - MAX_KEPT
-            del self.messages[:drop]
-            self.discarded += drop
+        if self.keep:
+            self.messages.append(msg)
+            if len(self.messages) > MAX_KEPT:
+                drop = len(self.messages) - MAX_KEPT
+                del self.messages[:drop]
+                self.discarded += drop
+        else:
+            self.discarded += 1
+            self.counts[msg.topic] = self.counts.get(msg.topic, 0) + 1
         for waiter in self.waiters:
             if waiter.topic is None or filter_covers(waiter.topic, msg.topic):
                 waiter.got += 1
@@ -167,6 +185,30 @@ class Subscription:
         if topic == self.topic:
             return list(self.messages)
         return [m for m in self.messages if filter_covers(topic, m.topic)]
+
+    def count(self, topic: str) -> int:
+        """How many messages arrived on ``topic`` (this subscription's filter, or a narrower one)."""
+        if topic == self.topic:
+            return self.total
+        if self.keep:
+            return len(self.matching(topic))
+        return sum(n for t, n in self.counts.items() if filter_covers(topic, t))
+
+
+class RemoteSubscription(Protocol):
+    """A subscription of a connection whose messages other processes receive (a sharded subscription):
+    what arrives is counted there, fed to the connection's tracker by :meth:`refresh`, and not kept here."""
+
+    topic: str
+
+    async def count(self, topic: str) -> int:
+        """How many messages arrived on ``topic`` (the subscription's filter or a narrower one)."""
+
+    async def refresh(self) -> None:
+        """Bring the connection's tracker up to date with what the other processes received."""
+
+    async def close(self) -> None:
+        """Stop receiving (the other processes end)."""
 
 
 def _on_connect(client: LoopClient, probe: MqttProbe, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -207,6 +249,8 @@ class MqttProbe:
         self.client.on_subscribe = _on_subscribe
         self.client.on_publish = _on_publish
         self.subscriptions: dict[str, Subscription] = {}
+        #: sharded subscriptions: received by other processes, merged into :attr:`tracker` on refresh
+        self.remote: dict[str, RemoteSubscription] = {}
         self.tracker = TelemetryTracker(alias)
         self.closing = False
         self.host = ""
@@ -215,10 +259,16 @@ class MqttProbe:
         self.connected_at = 0.0
         self.subscribed_at: float | None = None  # loop time of the first acknowledged subscription
         self.errors: list[str] = []
+        self._credentials: tuple[str | None, str | None] = (None, None)  # for sharded receivers; never logged
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._on_message_hooks: list[Callable[[ReceivedMessage], None]] = []
         self._reconnect_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """The user name and password this connection logged in with (for the receivers of a sharded
+        subscription, which log in the same way); never log them."""
+        return self._credentials
 
     @property
     def target(self) -> str:
@@ -243,6 +293,7 @@ class MqttProbe:
         self.host, self.port, self.tls = host, port, tls
         if username is not None:
             self.client.username_pw_set(username, password)
+            self._credentials = (username, password)
         await self.client.open(host, port, keepalive=keepalive, timeout=timeout, tls=tls)
         self.connected_at = time.time()
         self._keepalive_task = asyncio.get_running_loop().create_task(self._keep_alive(keepalive))
@@ -274,7 +325,7 @@ class MqttProbe:
                 except TransportError:
                     continue
                 if self.subscriptions:
-                    self.client.subscribe([(sub.topic, sub.qos) for sub in self.subscriptions.values()])
+                    self.client.subscribe([(sub.wire_filter, sub.qos) for sub in self.subscriptions.values()])
                 self.client.kick()
                 log.info("probe '%s' reconnected to %s", self.alias, self.target)
                 return
@@ -303,18 +354,26 @@ class MqttProbe:
         if not fut.done():
             fut.set_result(reason_codes)
 
-    async def subscribe(self, topic: str, qos: int = 0, timeout: float = 10.0) -> None:
+    async def subscribe(
+        self, topic: str, qos: int = 0, timeout: float = 10.0, *, share: str | None = None, keep: bool = True
+    ) -> None:
+        """Subscribe to ``topic``; ``share`` and ``keep`` as in :class:`Subscription`."""
         problem = topic_filter_problem(topic)
         if problem:
             raise ConfigurationError(f"'{self.alias}' cannot subscribe to '{topic}': {problem}.")
+        if topic in self.remote:
+            raise ConfigurationError(
+                f"'{self.alias}' already has a sharded subscription to '{topic}'; disconnect it first."
+            )
         if topic not in self.subscriptions:
-            self.subscriptions[topic] = Subscription(topic, qos)
-        rc, mid = self.client.subscribe(topic, qos)
-        codes = await self._wait_ack(rc, mid, f"subscribing to '{topic}'", timeout)
+            self.subscriptions[topic] = Subscription(topic, qos, share=share, keep=keep)
+        wire = self.subscriptions[topic].wire_filter
+        rc, mid = self.client.subscribe(wire, qos)
+        codes = await self._wait_ack(rc, mid, f"subscribing to '{wire}'", timeout)
         failed = [c for c in (codes or []) if getattr(c, "is_failure", False)]
         if failed:
             del self.subscriptions[topic]
-            raise TransportError(f"broker {self.target} refused the subscription to '{topic}': {failed[0]}")
+            raise TransportError(f"broker {self.target} refused the subscription to '{wire}': {failed[0]}")
         if self.subscribed_at is None:
             self.subscribed_at = asyncio.get_running_loop().time()
 
@@ -345,10 +404,26 @@ class MqttProbe:
             self.tracker.record_envelope(decode_envelope(msg.payload), now)
 
     def listens_to(self, topic: str) -> int:
-        """2: subscribed to ``topic`` itself; 1: to a filter that covers it (see :func:`filter_covers`); 0: no."""
-        if topic in self.subscriptions:
+        """2: subscribed to ``topic`` itself; 1: to a filter that covers it (see :func:`filter_covers`); 0: no.
+
+        Sharded subscriptions (:attr:`remote`) count too."""
+        if topic in self.subscriptions or topic in self.remote:
             return 2
-        return int(any(filter_covers(sub, topic) for sub in self.subscriptions))
+        return int(any(filter_covers(sub, topic) for sub in (*self.subscriptions, *self.remote)))
+
+    def remote_for(self, topic: str) -> RemoteSubscription | None:
+        """The sharded subscription that answers for ``topic``: ``topic`` itself, else one whose filter covers
+        it when no subscription of this process does; None when a subscription of this process answers."""
+        if topic in self.remote:
+            return self.remote[topic]
+        if topic in self.subscriptions or any(filter_covers(s, topic) for s in self.subscriptions):
+            return None
+        return next((r for t, r in self.remote.items() if filter_covers(t, topic)), None)
+
+    async def refresh(self) -> None:
+        """Bring :attr:`tracker` up to date with what the sharded subscriptions received."""
+        for remote in list(self.remote.values()):
+            await remote.refresh()
 
     def subscription(self, topic: str) -> Subscription:
         """The subscription ``topic``, else the oldest one whose filter covers ``topic``."""
@@ -390,3 +465,9 @@ class MqttProbe:
             if task is not None:
                 task.cancel()
         self.client.close_gracefully()
+        remote, self.remote = list(self.remote.values()), {}
+        for sub in remote:
+            try:
+                await sub.close()
+            except Exception as err:  # the others must still stop
+                log.warning("probe '%s': stopping the sharded subscription '%s' failed: %s", self.alias, sub.topic, err)
