@@ -343,6 +343,7 @@ class FleetKeywords(LibraryComponent):
         | ``devicesEnteredError``, ``devicesRecovered`` | devices that went to state error and came back |
         | ``sendLatenessMs`` | how late sends ran against their schedule: ``count``, ``p50``, ``p99``, ``max``, ... |
         | ``transport`` | protocol details, e.g. ``requestLatencyMs`` for HTTP and CoAP (below) |
+        | ``shards`` | a sharded fleet only: each shard's device range, ``pid`` and whether it is ``alive`` |
 
         A behavior's event is never counted as telemetry; the ``transport`` of HTTP, CoAP and Kafka fleets
         counts the events' outcomes in ``eventsSent`` and ``eventsFailed``.

@@ -7,7 +7,7 @@ Keys that only some values have are in a ``total=False`` subclass.
 
 # No `from __future__ import annotations` here: libdoc reads these annotations at run time.
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class LatencySummary(TypedDict):
@@ -20,6 +20,18 @@ class LatencySummary(TypedDict):
     p90: float | None
     p99: float | None
     max: float | None
+
+
+class ShardInfo(TypedDict):
+    """One shard of a sharded fleet (``shards`` in `Get Fleet Stats`)."""
+
+    index: int
+    first: str
+    last: str
+    count: int
+    pid: int | None
+    alive: bool
+    state: str
 
 
 class FleetStats(TypedDict):
@@ -56,6 +68,7 @@ class FleetStats(TypedDict):
     devicesRecovered: int
     sendLatenessMs: LatencySummary
     transport: dict[str, Any]
+    shards: NotRequired[list[ShardInfo]]
 
 
 class _DeviceStatus(TypedDict):

@@ -41,7 +41,7 @@ _SHORT_TMP = "/tmp"  # noqa: S108 (a fresh mkdtemp inside it; $TMPDIR may be too
 INSTALL_HINT = "pip install 'robotframework-iotix[cluster]' (or: pip install ray)"
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"address": None, "temp_dir": None, "started": False}
+_state: dict[str, Any] = {"address": None, "temp_dir": None}
 
 
 def ray_module(why: str = "shards") -> ModuleType:
@@ -125,7 +125,7 @@ def _ensure_ray(address: str | None) -> str:
                     f"Cannot join the Ray cluster at {wanted} ({type(err).__name__}: {err}). Check that the "
                     f"cluster runs and the address (ray_address / {ADDRESS_ENV}) is right."
                 ) from None
-            _state.update(address=wanted, started=False)
+            _state.update(address=wanted)
             log.info("joined the Ray cluster at %s", wanted)
             return wanted
         # A short folder: Ray's Unix socket paths must stay under 107 characters.
@@ -154,7 +154,7 @@ def _ensure_ray(address: str | None) -> str:
                 f"Cannot start a local Ray ({type(err).__name__}: {err}); set {ADDRESS_ENV} to join a running "
                 "cluster instead."
             ) from None
-        _state.update(address=None, temp_dir=temp_dir, started=True)
+        _state.update(address=None, temp_dir=temp_dir)
         log.info("started a local Ray in %s", temp_dir)
         return "local"
 
@@ -170,7 +170,7 @@ def shutdown_ray() -> None:
             with contextlib.suppress(Exception):
                 if ray.is_initialized():
                     ray.shutdown()
-        _state.update(address=None, temp_dir=None, started=False)
+        _state.update(address=None, temp_dir=None)
         if _state.pop("token_env", False):
             os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
         for pid in leftovers:

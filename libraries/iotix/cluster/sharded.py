@@ -54,6 +54,8 @@ POLL_S = 0.5
 START_MARGIN_S = 0.5
 #: Most shards one fleet may have.
 MAX_SHARDS = 256
+#: How long a shard may take to delete its fleet and stop its runtime before its process is killed.
+SHUTDOWN_TIMEOUT_S = 30.0
 #: How long creating one shard (a new process importing IoTix) may take.
 CREATE_TIMEOUT_S = 120.0
 
@@ -117,12 +119,7 @@ async def build_sharded_fleet(
     check_shards(shards, len(ids))
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"Fleet '{name}': device ids must be unique.")
-    taken = sim.device_owner_map()
-    clash = [d for d in ids if d in taken]
-    if clash:
-        raise ConfigurationError(
-            f"Fleet '{name}': device id '{clash[0]}' is already used by fleet '{taken[clash[0]]}'."
-        )
+    sim.check_ids_free(name, ids)
     loop = asyncio.get_running_loop()
     cluster = await loop.run_in_executor(None, ensure_ray, address)
     actor_class = remote(ShardWorker, num_cpus=0, max_concurrency=16)
@@ -188,21 +185,25 @@ class ShardedFleet:
     def faults(self) -> None:
         return None  # the shards hold the faults; the figures come in the snapshots
 
+    def _gone(self, shard: Shard) -> str:
+        return f"Fleet '{self.name}': {shard.describe(len(self.shards))} is gone ({shard.dead})"
+
     def _died(self, shard: Shard, err: BaseException) -> str:
+        """Mark ``shard`` dead (reported once, by the next keyword that takes the fleet's errors)."""
         if shard.dead is None:
             shard.dead = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
             message = (
-                f"Fleet '{self.name}': {shard.describe(len(self.shards))} is gone ({shard.dead}); "
-                f"{sum(s.alive for s in self.shards)} other shards keep running; Stop Fleet stops them"
+                f"{self._gone(shard)}; {sum(s.alive for s in self.shards)} other shards keep running; "
+                "Stop Fleet stops them"
             )
             log.warning("%s", message)
             self.errors.append(message)
-        return f"Fleet '{self.name}': {shard.describe(len(self.shards))} is gone ({shard.dead})"
+        return self._gone(shard)
 
     async def _one(self, shard: Shard, ref: Any, timeout: float | None = None) -> Any:
         """Await one shard's call; a dead shard becomes a :class:`ShardError` that names it."""
         if shard.dead is not None:
-            raise ShardError(f"Fleet '{self.name}': {shard.describe(len(self.shards))} is gone ({shard.dead}).")
+            raise ShardError(self._gone(shard) + ".")
         try:
             async with asyncio.timeout(timeout):
                 return await ref
@@ -305,7 +306,7 @@ class ShardedFleet:
             await self.poll()
             dead = [s for s in self.shards if not s.alive]
             if dead:
-                raise ShardError(self._died(dead[0], RuntimeError(dead[0].dead)) + ".")
+                raise ShardError(self._gone(dead[0]) + ".")
             if self.all_running():
                 return True
             if loop.time() >= end:
@@ -365,10 +366,9 @@ class ShardedFleet:
         if not actors:
             return
         ray = ray_module()
-        with contextlib.suppress(Exception):
-            refs = [s.actor.shutdown.remote() for s in self.shards if s.actor is not None and s.alive]
-            if refs:
-                await asyncio.wait([asyncio.ensure_future(asyncio.wrap_future(r.future())) for r in refs], timeout=30)
+        refs = [s.actor.shutdown.remote() for s in self.shards if s.actor is not None and s.alive]
+        with contextlib.suppress(Exception):  # a shard that does not answer in time is killed all the same
+            await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True), SHUTDOWN_TIMEOUT_S)
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor)

@@ -73,13 +73,7 @@ class Simulator:
         """A new fleet, registered; ``track=False`` keeps it out of this process's metrics (a shard: the
         sharded fleet in the coordinating process reads its figures instead)."""
         self.check_name_free(name)
-        taken = self.device_owner_map()
-        clash = [d for d in device_ids if d in taken]
-        if clash:
-            raise ConfigurationError(
-                f"Fleet '{name}': device id '{clash[0]}' is already used by fleet '{taken[clash[0]]}'"
-                f"{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}; use another id_pattern."
-            )
+        self.check_ids_free(name, device_ids)
         fleet = Fleet(
             self,
             name,
@@ -123,6 +117,16 @@ class Simulator:
             options=setup.options,
             delivery=delivery,
         )
+
+    def check_ids_free(self, name: str, device_ids: Sequence[str]) -> None:
+        """Fail when a device id of the new fleet ``name`` is taken by a fleet of this simulator (plain or sharded)."""
+        taken = self.device_owner_map()
+        clash = [d for d in device_ids if d in taken]
+        if clash:
+            raise ConfigurationError(
+                f"Fleet '{name}': device id '{clash[0]}' is already used by fleet '{taken[clash[0]]}'"
+                f"{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''}; use another id_pattern."
+            )
 
     def check_name_free(self, name: str) -> None:
         existing = self.fleets.get(name) or self.sharded.get(name)
