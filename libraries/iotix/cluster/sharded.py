@@ -181,10 +181,6 @@ class ShardedFleet:
     def device_count(self) -> int:
         return len(self.ids)
 
-    @property
-    def faults(self) -> None:
-        return None  # the shards hold the faults; the figures come in the snapshots
-
     def _gone(self, shard: Shard) -> str:
         return f"Fleet '{self.name}': {shard.describe(len(self.shards))} is gone ({shard.dead})"
 
